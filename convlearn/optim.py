@@ -1,0 +1,51 @@
+"""Optimizers from config.
+
+Keras 3 optimizers take ``learning_rate``; the config speaks of ``lr`` (``optimizer.lr=3e-3`` on
+the command line), and any other argument goes to the Keras class unchanged. ``warmup_cosine``
+optionally wraps the rate in Keras' cosine-decay schedule with a linear warm-up.
+"""
+
+from __future__ import annotations
+
+import keras
+from hydra.utils import get_class
+
+from convlearn.errors import ConvlearnError
+
+
+def build(
+    cls: str = "keras.optimizers.Adam",
+    lr: float = 1e-3,
+    decay_steps: int | None = None,
+    warmup_steps: int = 0,
+    **kwargs: object,
+) -> keras.optimizers.Optimizer:
+    """Instantiate ``cls`` (any ``keras.optimizers`` class path) with learning rate ``lr``.
+
+    With ``decay_steps`` set, the rate warms up linearly over ``warmup_steps`` and then follows a
+    cosine decay to zero at ``decay_steps``.
+    """
+    if not lr > 0:
+        raise ConvlearnError(f"optimizer.lr must be > 0, got {lr}")
+    try:
+        optimizer_class = get_class(cls)
+    except Exception:
+        raise ConvlearnError(f"optimizer.cls: no optimizer class '{cls}' (try keras.optimizers.Adam)") from None
+    rate: float | keras.optimizers.schedules.LearningRateSchedule = lr
+    if decay_steps is not None:
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup_steps else lr,
+            decay_steps=max(decay_steps - warmup_steps, 1),
+            warmup_target=lr if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
+    try:
+        return optimizer_class(learning_rate=rate, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConvlearnError(f"optimizer {cls}: {err}") from None
+
+
+def current_lr(optimizer: keras.optimizers.Optimizer) -> float:
+    """The learning rate the optimizer uses at its current iteration."""
+    rate = optimizer.learning_rate
+    return float(rate.numpy() if hasattr(rate, "numpy") else rate)

@@ -1,0 +1,66 @@
+"""Arrays as pictures a person can read: colour maps, side-by-side panels, kernel grids.
+
+Shared by the TensorBoard logger and the run's ``summary.png``. Kernels are tiny (2x2, 3x3), so
+they are enlarged with nearest-neighbour and drawn on a diverging map centred on zero: red is
+positive, blue negative, white zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib import colormaps
+
+IMAGE_CMAP = "viridis"
+KERNEL_CMAP = "RdBu_r"
+
+
+def colorize(array: np.ndarray, vmin: float, vmax: float, cmap: str = IMAGE_CMAP) -> np.ndarray:
+    """A 2-D array as ``(H, W, 3)`` uint8 RGB, mapped linearly from [vmin, vmax]."""
+    scale = (np.asarray(array, np.float64) - vmin) / (vmax - vmin if vmax > vmin else 1.0)
+    rgba = colormaps[cmap](np.clip(scale, 0.0, 1.0))
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+def panel(images: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Equal-height RGB images side by side, separated by white gaps."""
+    height = max(image.shape[0] for image in images)
+    spacer = np.full((height, gap, 3), 255, np.uint8)
+    parts = []
+    for image in images:
+        pad = height - image.shape[0]
+        parts += [np.pad(image, ((0, pad), (0, 0), (0, 0)), constant_values=255), spacer]
+    return np.concatenate(parts[:-1], axis=1)
+
+
+def comparison(inputs: np.ndarray, target: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """input | target | prediction | |error|, target and prediction on one colour scale."""
+    low, high = float(min(target.min(), prediction.min())), float(max(target.max(), prediction.max()))
+    error = np.abs(prediction - target)
+    return panel(
+        [
+            colorize(inputs, float(inputs.min()), float(inputs.max()), "gray"),
+            colorize(target, low, high),
+            colorize(prediction, low, high),
+            colorize(error, 0.0, max(float(error.max()), 1e-12), "magma"),
+        ]
+    )
+
+
+def enlarge(array: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of the first two axes."""
+    return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
+
+
+def kernel_grid(kernel: np.ndarray, cell: int = 48, gap: int = 2) -> np.ndarray:
+    """A Conv2D kernel ``(kh, kw, in, out)`` as an RGB grid: one row per input channel, one column
+    per output channel, on a symmetric diverging scale so that zero is white."""
+    kh, kw, n_in, n_out = kernel.shape
+    factor = max(1, cell // max(kh, kw))
+    limit = float(np.abs(kernel).max()) or 1.0
+    height, width = kh * factor, kw * factor
+    grid = np.full((n_in * (height + gap) - gap, n_out * (width + gap) - gap, 3), 255, np.uint8)
+    for i in range(n_in):
+        for o in range(n_out):
+            tile = enlarge(colorize(kernel[:, :, i, o], -limit, limit, KERNEL_CMAP), factor)
+            grid[i * (height + gap) : i * (height + gap) + height, o * (width + gap) : o * (width + gap) + width] = tile
+    return grid

@@ -1,0 +1,72 @@
+"""What a run leaves behind: ``metrics.json``, the trained model and its kernels.
+
+``metrics.json`` is the machine-readable result that sweeps, reports and tests read. Losses are
+comparable across images through ``rel_mse`` (MSE over the target's variance: 1.0 is what
+predicting the mean achieves) and ``psnr_db`` (peak = the target's range).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from convlearn.errors import ConvlearnError
+from convlearn.models import conv_layers
+from convlearn.training import History
+
+
+def target_stats(targets: np.ndarray) -> tuple[float, float]:
+    """Variance and range of the target over the compared pixels; refuses a constant target."""
+    variance = float(np.var(targets, dtype=np.float64))
+    if not variance > 0:
+        raise ConvlearnError(
+            "target is constant over the compared region (variance 0), so rel_mse and PSNR are "
+            "undefined; use an image with some structure"
+        )
+    return variance, float(np.max(targets) - np.min(targets))
+
+
+def metrics(history: History, final_mse: float, targets: np.ndarray) -> dict:
+    """The run summary written to ``metrics.json``."""
+    variance, peak = target_stats(targets)
+    losses = history.losses + [final_mse]
+    return {
+        "status": "completed",
+        "final_loss": final_mse,
+        "best_loss": float(np.nanmin(losses)),
+        "rel_mse": final_mse / variance,
+        "psnr_db": 10 * math.log10(peak**2 / final_mse) if final_mse > 0 else math.inf,
+        "steps": history.steps,
+        "wall_seconds": history.wall_seconds,
+        "steps_per_sec": history.steps_per_sec,
+        "losses": history.losses,
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically, so a crash never leaves a half-written file behind."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+    os.replace(tmp, path)
+
+
+def save_kernels(path: Path, model: keras.Model) -> None:
+    """Every conv layer's kernel (and bias, if any) in one ``.npz``, keyed by layer name."""
+    arrays = {}
+    for layer in conv_layers(model):
+        arrays[layer.name] = np.asarray(layer.kernel.numpy())
+        if layer.use_bias:
+            arrays[f"{layer.name}.bias"] = np.asarray(layer.bias.numpy())
+    np.savez(path, **arrays)
+
+
+def save_run(run_dir: Path, model: keras.Model, summary: dict) -> None:
+    """Model, kernels, then ``metrics.json`` last: its presence means the run is complete."""
+    model.save(run_dir / "model.keras")
+    save_kernels(run_dir / "kernels.npz", model)
+    write_json(run_dir / "metrics.json", summary)

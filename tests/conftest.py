@@ -1,0 +1,36 @@
+"""Shared test fixtures: configs composed exactly as ``train.py`` composes them, on tiny images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small and fast: a 40x48 generated image and a handful of steps.
+TINY = [
+    "data.height=40",
+    "data.width=48",
+    "data.n_circles=3",
+    "data.n_squares=3",
+    "data.min_size=4",
+    "data.max_size=10",
+    "trainer.steps=12",
+    "trainer.progress=false",
+    "logger.scalar_every=2",
+    "logger.image_every=5",
+]
+
+
+@pytest.fixture
+def make_cfg():
+    """Compose ``configs/train.yaml`` with the tiny defaults plus the given overrides."""
+
+    def make(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            return compose(config_name="train", overrides=[*TINY, *overrides])
+
+    return make

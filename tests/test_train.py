@@ -1,0 +1,88 @@
+"""End to end: ``train.py`` on tiny generated images, and what a run leaves behind."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, TINY
+from train import train
+
+
+def read_events(log_dir):
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    return {tag: events.Tensors(tag) for tag in events.Tags()["tensors"]}
+
+
+@pytest.mark.parametrize("model", ["seed", "linear"])
+def test_short_run_lowers_the_loss_and_writes_the_run_dir(make_cfg, tmp_path, model):
+    cfg = make_cfg(f"model={model}", "trainer.steps=30", "optimizer.lr=3e-3")
+    summary = train(cfg, tmp_path)
+
+    assert summary["final_loss"] < summary["losses"][0]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ["final_loss", "best_loss", "rel_mse", "psnr_db", "steps", "wall_seconds", "steps_per_sec"]:
+        assert np.isfinite(metrics[key]), key
+    assert metrics["steps"] == 30 and metrics["best_loss"] <= metrics["final_loss"]
+    assert metrics["rel_mse"] > 0 and metrics["steps_per_sec"] > 0
+
+    with np.load(tmp_path / "kernels.npz", allow_pickle=False) as saved:
+        assert "conv_00" in saved.files
+        assert saved["conv_00"].shape == ((2, 2, 1, 2) if model == "seed" else (4, 4, 1, 1))
+    assert (tmp_path / "model.keras").is_file()
+
+    events = read_events(tmp_path / "tb")
+    losses = events["loss"]
+    assert [e.step for e in losses] == list(range(0, 30, 2))
+    assert np.isclose(float(tf.make_ndarray(losses[0].tensor_proto)), summary["losses"][0])
+    assert {"prediction", "kernels/conv_00", "config"} <= events.keys()
+    picture_steps = [e.step for e in events["prediction"]]
+    assert picture_steps == [0, 5, 10, 15, 20, 25, 30]
+
+
+def test_same_seed_same_numbers(make_cfg, tmp_path):
+    first = train(make_cfg("trainer.seed=7"), tmp_path / "a")
+    second = train(make_cfg("trainer.seed=7"), tmp_path / "b")
+    other = train(make_cfg("trainer.seed=8"), tmp_path / "c")
+    assert first["losses"] == second["losses"]
+    assert first["losses"] != other["losses"]
+
+
+def test_overrides_reach_the_objects(make_cfg):
+    from convlearn.config import build
+
+    cfg = make_cfg("model=linear", "model.kernel_size=5", "optimizer.lr=3e-3", "target.repeats=2")
+    model = build(cfg, "model")
+    assert model.layers[0].kernel.shape == (5, 5, 1, 1)
+    assert np.isclose(float(build(cfg, "optimizer").learning_rate), 3e-3)
+    assert build(cfg, "target").footprint.shrink == (1 + 2 * 4,) * 2
+
+
+def run_cli(*overrides, cwd):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "trainer.steps=2", f"hydra.run.dir={cwd}/run", *overrides],
+        capture_output=True, text=True, cwd=cwd, timeout=120,
+    )
+
+
+def test_cli_user_mistakes_fail_with_one_line_and_no_traceback(tmp_path):
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object))
+    np.save(tmp_path / "flat.npy", np.zeros(10))
+    cases = {
+        "data=file data.path=missing.npy": "no such file",
+        f"data=file data.path={tmp_path}/pickled.npy": "holds pickled Python objects",
+        f"data=file data.path={tmp_path}/flat.npy": "expected a 2-D (height, width) array",
+        " ".join(TINY) + " data.height=15": "image is too small for the model: 15x48 pixels, but the model's receptive field is 22x22",
+        " ".join(TINY) + " model=linear model.kernel_size=5": "half a pixel apart",
+    }
+    for overrides, message in cases.items():
+        result = run_cli(*overrides.split(), cwd=tmp_path)
+        assert result.returncode == 1, overrides
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("convlearn: error:") and message in last, (overrides, result.stderr[-500:])
+        assert "Traceback" not in result.stderr
