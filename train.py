@@ -21,9 +21,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from convlearn.config import build
+from convlearn.data import as_images, make_feed
 from convlearn.errors import ConvlearnError
 from convlearn.summary import metrics, save_run
-from convlearn.training import make_batch, mse, seed_everything
+from convlearn.training import mse, seed_everything
 
 log = logging.getLogger("convlearn")
 
@@ -32,19 +33,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Run one experiment into ``run_dir`` and return its summary (also in metrics.json)."""
     trainer = build(cfg, "trainer")
     seed_everything(trainer.seed, trainer.deterministic)
-    image = build(cfg, "data")
-    target = build(cfg, "target")
-    model = build(cfg, "model")
-    batch = make_batch(image, target, model)
+    images = as_images(build(cfg, "data"))
+    # data=pairs brings its target images: no target transform is built.
+    target = None if images.given_targets else build(cfg, "target")
+    model = build(cfg, "model", **images.model_kwargs())
+    feed = make_feed(images, target, model, seed=trainer.seed)
+    batch = feed.preview
     optimizer = build(cfg, "optimizer")
     log.info(
-        "%s on %s: image %dx%d, compared region %dx%d, %d weights",
-        model.name, target.name, *image.shape, *batch.crops.shape, model.count_params(),
+        "%s on %s: %d training and %d validation images, first %dx%d, compared region %dx%d, %d weights",
+        model.name, "given targets" if target is None else target.name, len(images.train), len(images.val),
+        *images.train[0].shape[:2], *feed.train.crops.shape, model.count_params(),
     )
     make_logger = build(cfg, "logger")
     with make_logger(log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg)) as logger:
-        history = trainer.fit(model, optimizer, batch, logger)
+        history = trainer.fit(model, optimizer, feed.train, logger, validation=feed.validation)
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
+        if history.val_losses:
+            summary["val_loss"] = history.val_losses[-1][1]
         logger.pictures(history.steps, model)
     save_run(run_dir, model, summary)
     log.info(
