@@ -386,13 +386,13 @@ def make_feed(images: Images, target: Pipeline | None, model: keras.Model, seed:
         shapes = {image.shape for image in images.train}
         if len(shapes) > 1:
             raise ConvlearnError(
-                f"data.patch_size: the training images differ in size ({', '.join(sorted(_size(s) for s in shapes))}); "
+                f"data.patch_size: the training images differ in size ({', '.join(sorted(_size(s[:2]) for s in shapes))}); "
                 "set data.patch_size to train on patches"
             )
         stacked = np.stack(images.train)
         full = make_batch(stacked, target, model, given=np.stack(images.train_targets) if given else None)
         return Feed(train=full, validation=validation, preview=batch(0, train=True))
-    small = [_size(image.shape) for image in images.train if min(image.shape[:2]) < patch]
+    small = [_size(image.shape[:2]) for image in images.train if min(image.shape[:2]) < patch]
     if small:
         raise ConvlearnError(f"data.patch_size: {patch} is larger than training image(s) {', '.join(small[:5])}")
     stream = _patch_stream(images, target, model, seed)
