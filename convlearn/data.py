@@ -211,8 +211,9 @@ def folder(
     """Every image in a folder (sorted by name), split into training and validation images."""
     files = _list_images(path, "data.path")
     train, val = _split(list(files), val_fraction, seed)
-    load = lambda names: [load_image(files[name], channels) for name in names]  # noqa: E731
-    return _assemble(load(train), load(val), None, None, channels, normalize, kernels, patch_size, batch_size)
+    train_images = [load_image(files[name], channels) for name in train]
+    val_images = [load_image(files[name], channels) for name in val]
+    return _assemble(train_images, val_images, None, None, channels, normalize, kernels, patch_size, batch_size)
 
 
 def pairs(
