@@ -194,6 +194,7 @@ def file(
     batch_size: int = 8,
 ) -> Images:
     """One image from disk, trained on whole or, above ``patch_size``, as random patches."""
+    _check_options(channels, normalize, kernels, patch_size, batch_size)
     image = load_image(path, channels)
     return _assemble([image], [], None, None, channels, normalize, kernels, patch_size, batch_size)
 
@@ -209,6 +210,7 @@ def folder(
     seed: int = 0,
 ) -> Images:
     """Every image in a folder (sorted by name), split into training and validation images."""
+    _check_options(channels, normalize, kernels, patch_size, batch_size)
     files = _list_images(path, "data.path")
     train, val = _split(list(files), val_fraction, seed)
     train_images = [load_image(files[name], channels) for name in train]
@@ -229,6 +231,7 @@ def pairs(
 ) -> Images:
     """Input images and their target images from two folders, matched by file name (without the
     suffix, so ``a.png`` pairs with ``a.npy``): learn an unknown filter from examples."""
+    _check_options(channels, normalize, kernels, patch_size, batch_size)
     sources, results = _list_images(inputs, "data.inputs"), _list_images(targets, "data.targets")
     for key, have, lack in (("data.targets", sources, results), ("data.inputs", results, sources)):
         missing = sorted(set(have) - set(lack))
@@ -262,13 +265,6 @@ def _assemble(
     batch_size: int,
 ) -> Images:
     """Normalise, give every image a channel axis, and fold colour into the batch for shared kernels."""
-    _check_choice("data.channels", channels, CHANNELS)
-    _check_choice("data.normalize", normalize, NORMALIZE)
-    _check_choice("data.kernels", kernels, KERNELS)
-    if patch_size is not None and patch_size < 1:
-        raise ConvlearnError(f"data.patch_size: must be a positive integer or null (full frame), got {patch_size}")
-    if batch_size < 1:
-        raise ConvlearnError(f"data.batch_size: must be >= 1, got {batch_size}")
     fold = channels == "rgb" and kernels == "shared"
 
     def prepare(images: list[np.ndarray], targets: list[np.ndarray] | None) -> tuple[list, list | None]:
@@ -293,6 +289,17 @@ def _assemble(
         train=train, val=val, train_targets=train_targets, val_targets=val_targets,
         patch_size=patch_size, batch_size=batch_size, channels=1 if fold else CHANNELS[channels],
     )
+
+
+def _check_options(channels: str, normalize: str, kernels: str, patch_size: int | None, batch_size: int) -> None:
+    # Checked before any file is read, so a typo fails at once.
+    _check_choice("data.channels", channels, CHANNELS)
+    _check_choice("data.normalize", normalize, NORMALIZE)
+    _check_choice("data.kernels", kernels, KERNELS)
+    if patch_size is not None and patch_size < 1:
+        raise ConvlearnError(f"data.patch_size: must be a positive integer or null (full frame), got {patch_size}")
+    if batch_size < 1:
+        raise ConvlearnError(f"data.batch_size: must be >= 1, got {batch_size}")
 
 
 def _normalisation(image: np.ndarray, how: str) -> tuple[float, float]:

@@ -177,9 +177,13 @@ def test_empty_and_missing_folders(tmp_path):
         folder(str(tmp_path))
     with pytest.raises(ConvlearnError, match="data.inputs: no such folder"):
         pairs(str(tmp_path / "nope"), str(tmp_path))
+    write_images(tmp_path / "ok", 1)
     with pytest.raises(ConvlearnError, match=r"data.normalize: must be one of unit, standard, none, got 'max'"):
-        write_images(tmp_path / "ok", 1)
         folder(str(tmp_path / "ok"), normalize="max")
+    with pytest.raises(ConvlearnError, match=r"data.kernels: must be one of shared, separate, got 'mixed'"):
+        file(str(tmp_path / "ok" / "img0.npy"), kernels="mixed")
+    with pytest.raises(ConvlearnError, match=r"data.patch_size: must be a positive integer or null"):
+        pairs(str(tmp_path / "ok"), str(tmp_path / "ok"), patch_size=0)
 
 
 def test_patch_stream_computes_the_target_on_each_patch_and_is_seeded(tmp_path):
@@ -233,8 +237,8 @@ def test_rgb_shared_folds_channels_into_the_batch_and_separate_keeps_them(tmp_pa
     separate = file(str(tmp_path / "c.png"), channels="rgb", kernels="separate")
     assert separate.channels == 3 and separate.model_kwargs() == {"channels": 3}
     assert np.allclose(separate.train[0], pixels, atol=1e-6)
+    np.save(tmp_path / "gray.npy", np.zeros((4, 5)))
     with pytest.raises(ConvlearnError, match=r"expected a \(height, width, 3\) array for channels=rgb .* got shape \(4, 5\)"):
-        np.save(tmp_path / "gray.npy", np.zeros((4, 5)))
         load_image(tmp_path / "gray.npy", channels="rgb")
 
 
