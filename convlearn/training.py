@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,10 +37,6 @@ class Batch:
         """The model's output on the inputs, cut to the compared region, in float32."""
         rows, cols = self.crops.model
         return tf.cast(model(self.inputs, training=False)[:, rows, cols, :], tf.float32)
-
-    def __iter__(self) -> Iterator[tuple[tf.Tensor, tf.Tensor]]:
-        # Full-frame training shows the model the same batch at every step.
-        return itertools.repeat((self.inputs, self.targets))
 
 
 @dataclass
@@ -100,7 +96,8 @@ class Trainer:
         ``(inputs, targets)`` batches (random patches). With ``validation`` batches, their mean MSE
         is recorded every ``val_every`` steps and at the end, and logged as ``val_loss``."""
         step_fn = compiled_step(model, optimizer, batch.crops)
-        feed = iter(batch)
+        # Full-frame training shows the model the same batch at every step.
+        feed = itertools.repeat((batch.inputs, batch.targets)) if isinstance(batch, Batch) else iter(batch)
         history = History()
         bar = tqdm(range(self.steps), desc="training", disable=not self.progress, mininterval=0.5, leave=False)
         start = time.perf_counter()
