@@ -1,11 +1,13 @@
 """Arrays as pictures a person can read: colour maps, side-by-side panels, kernel grids.
 
-Shared by the TensorBoard logger and the run's ``summary.png``. Kernels are tiny (2x2, 3x3), so
-they are enlarged with nearest-neighbour and drawn on a diverging map centred on zero: red is
-positive, blue negative, white zero.
+Shared by the TensorBoard logger, the run's ``summary.png`` and ``scripts/inspect_run.py``.
+Kernels are tiny (2x2, 3x3), so they are enlarged with nearest-neighbour and drawn on a diverging
+map centred on zero: red is positive, blue negative, white zero.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from matplotlib import colormaps
@@ -63,4 +65,32 @@ def kernel_grid(kernel: np.ndarray, cell: int = 48, gap: int = 2) -> np.ndarray:
         for o in range(n_out):
             tile = enlarge(colorize(kernel[:, :, i, o], -limit, limit, KERNEL_CMAP), factor)
             grid[i * (height + gap) : i * (height + gap) + height, o * (width + gap) : o * (width + gap) + width] = tile
+    return grid
+
+
+def kernel_row(kernels: list[np.ndarray], cell: int = 96, gap: int = 8) -> np.ndarray:
+    """2-D kernels side by side on one symmetric diverging scale and one enlargement factor, so
+    that their sizes and values compare directly (a model's effective kernel next to the target's)."""
+    factor = max(1, cell // max(max(k.shape) for k in kernels))
+    limit = max(float(np.abs(k).max()) for k in kernels) or 1.0
+    return panel([enlarge(colorize(k, -limit, limit, KERNEL_CMAP), factor) for k in kernels], gap)
+
+
+def channel_grid(maps: np.ndarray, max_side: int = 1024, gap: int = 2) -> np.ndarray:
+    """Feature maps ``(H, W, C)`` as a near-square RGB grid of channels on one shared colour scale.
+
+    Large layers (100 channels of a 300x400 image) would make pictures of many megapixels, so each
+    map is subsampled by a whole stride until the grid fits in ``max_side`` pixels.
+    """
+    height, width, channels = maps.shape
+    cols = math.ceil(math.sqrt(channels))
+    rows = math.ceil(channels / cols)
+    stride = max(1, math.ceil(max(rows * height, cols * width) / max_side))
+    maps = maps[::stride, ::stride]
+    low, high = float(maps.min()), float(maps.max())
+    tile_h, tile_w = maps.shape[:2]
+    grid = np.full((rows * (tile_h + gap) - gap, cols * (tile_w + gap) - gap, 3), 255, np.uint8)
+    for channel in range(channels):
+        top, left = (channel // cols) * (tile_h + gap), (channel % cols) * (tile_w + gap)
+        grid[top : top + tile_h, left : left + tile_w] = colorize(maps[..., channel], low, high)
     return grid
