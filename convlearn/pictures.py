@@ -68,7 +68,7 @@ def kernel_grid(kernel: np.ndarray, cell: int = 48, gap: int = 2) -> np.ndarray:
     return grid
 
 
-def kernel_row(kernels: list[np.ndarray], cell: int = 96, gap: int = 8) -> np.ndarray:
+def kernel_row(kernels: list[np.ndarray], cell: int = 192, gap: int = 8) -> np.ndarray:
     """2-D kernels side by side on one symmetric diverging scale and one enlargement factor, so
     that their sizes and values compare directly (a model's effective kernel next to the target's)."""
     factor = max(1, cell // max(max(k.shape) for k in kernels))
