@@ -26,12 +26,17 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.plugins.hparams import api as hp
+from tensorboard.plugins.image import metadata as image_metadata
 
 from convlearn import pictures
 from convlearn.models import conv_layers, footprint
 from convlearn.training import Batch
 
 HParamValue = bool | int | float | str
+
+# Activation grids are subsampled to this many pixels a side: 13 full-size layers would cost more
+# to encode than the training steps between two pictures.
+ACTIVATION_SIDE = 512
 
 # Final metrics as scalar tags; the HPARAMS tab reads a run's metric values from these.
 FINAL_METRICS = {"final_loss": "final/loss", "rel_mse": "final/rel_mse", "psnr_db": "final/psnr_db"}
@@ -109,17 +114,16 @@ class TensorBoardLogger:
         """Everything that shows the model's state: comparison panel, kernels, effective kernel,
         activation maps and histograms, each as configured."""
         with self.writer.as_default(step=step):
-            tf.summary.image("prediction", pictures.comparison(*compared_images(self.batch, model))[None])
+            write_image("prediction", pictures.comparison(*compared_images(self.batch, model)))
             if self.kernels:
                 for layer in conv_layers(model):
-                    kernel = np.asarray(layer.kernel.numpy(), np.float32)
-                    tf.summary.image(f"kernels/{layer.name}", pictures.kernel_grid(kernel)[None])
+                    write_image(f"kernels/{layer.name}", pictures.kernel_grid(np.asarray(layer.kernel.numpy())))
                 effective = effective_kernels(model, self.target_kernel)
                 if effective:
-                    tf.summary.image("kernels/effective", pictures.kernel_row(effective)[None])
+                    write_image("kernels/effective", pictures.kernel_row(effective))
             if self.activations:
                 for name, maps in layer_outputs(model, self.batch.inputs).items():
-                    tf.summary.image(f"activations/{name}", pictures.channel_grid(maps)[None])
+                    write_image(f"activations/{name}", pictures.channel_grid(maps, max_side=ACTIVATION_SIDE))
             if self.histograms:
                 self._histograms(model)
 
@@ -154,6 +158,15 @@ class TensorBoardLogger:
             tf.summary.histogram(f"weights/{layer_name}/{weight.name}", weight)
             if grad is not None:
                 tf.summary.histogram(f"gradients/{layer_name}/{weight.name}", grad)
+
+
+def write_image(tag: str, rgb: np.ndarray) -> None:
+    """One RGB uint8 picture as an image summary, as ``tf.summary.image`` writes it but with fast
+    PNG compression: at its default level encoding costs several training steps per picture."""
+    height, width = rgb.shape[:2]
+    png = tf.io.encode_png(rgb, compression=1)
+    tensor = tf.stack([tf.as_string(width), tf.as_string(height), png])
+    tf.summary.write(tag, tensor, metadata=image_metadata.create_summary_metadata(display_name=None, description=None))
 
 
 def compared_images(batch: Batch, model: keras.Model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
