@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -23,14 +24,19 @@ from omegaconf import DictConfig, OmegaConf
 from convlearn.config import build
 from convlearn.data import as_images, make_feed
 from convlearn.errors import ConvlearnError
+from convlearn.logs import hparams_from_config
+from convlearn.report import write_summary_png
 from convlearn.summary import metrics, save_run
 from convlearn.training import mse, seed_everything
 
 log = logging.getLogger("convlearn")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run one experiment into ``run_dir`` and return its summary (also in metrics.json)."""
+def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict:
+    """Run one experiment into ``run_dir`` and return its summary (also in metrics.json).
+
+    ``overrides`` (Hydra's ``key=value`` task overrides) become the run's hyperparameters in
+    TensorBoard's HPARAMS tab, next to the main choices."""
     trainer = build(cfg, "trainer")
     seed_everything(trainer.seed, trainer.deterministic)
     images = as_images(build(cfg, "data"))
@@ -45,14 +51,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         model.name, "given targets" if target is None else target.name, len(images.train), len(images.val),
         *images.train[0].shape[:2], *feed.train.crops.shape, model.count_params(),
     )
+    target_kernel = None if target is None else target.linear_kernel()
     make_logger = build(cfg, "logger")
-    with make_logger(log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg)) as logger:
+    with make_logger(
+        log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg),
+        hparams=hparams_from_config(cfg, overrides), target_kernel=target_kernel,
+    ) as logger:
         history = trainer.fit(model, optimizer, feed.train, logger, validation=feed.validation)
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
         if history.val_losses:
             summary["val_loss"] = history.val_losses[-1][1]
-        logger.pictures(history.steps, model)
+        logger.on_end(history.steps, model, summary)
     save_run(run_dir, model, summary)
+    write_summary_png(run_dir / "summary.png", summary["losses"], batch, model, target_kernel)
     log.info(
         "final loss %.4g, rel_mse %.4g, PSNR %.1f dB, %.1f steps/s -> %s",
         summary["final_loss"], summary["rel_mse"], summary["psnr_db"], summary["steps_per_sec"], run_dir,
@@ -64,7 +75,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 def main(cfg: DictConfig) -> float:
     """Hydra's entry point; returns the final loss so that sweepers can minimise it."""
     try:
-        return train(cfg, Path(HydraConfig.get().runtime.output_dir))["final_loss"]
+        hydra_cfg = HydraConfig.get()
+        return train(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task)["final_loss"]
     except ConvlearnError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
