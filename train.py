@@ -7,6 +7,8 @@
 The flow: config -> data -> target -> model -> trainer -> logs, each built from its config group
 in ``configs/``. Results land in the Hydra run dir (``outputs/...``): ``metrics.json``, the model,
 its kernels and TensorBoard events.
+
+    python train.py trainer.resume=true hydra.run.dir=outputs/<date>/<time>   # continue a run
 """
 
 from __future__ import annotations
@@ -20,22 +22,26 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from convlearn.checkpoints import claim_run_dir
 from convlearn.config import build
 from convlearn.errors import ConvlearnError
-from convlearn.summary import metrics, save_run
+from convlearn.summary import metrics, save_run, target_stats
 from convlearn.training import make_batch, mse, seed_everything
+from convlearn.validation import validate
 
 log = logging.getLogger("convlearn")
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Run one experiment into ``run_dir`` and return its summary (also in metrics.json)."""
+    validate(cfg)
     trainer = build(cfg, "trainer")
     seed_everything(trainer.seed, trainer.deterministic)
     image = build(cfg, "data")
     target = build(cfg, "target")
     model = build(cfg, "model")
     batch = make_batch(image, target, model)
+    target_stats(batch.targets.numpy())  # a constant target is refused now, not after training
     optimizer = build(cfg, "optimizer")
     log.info(
         "%s on %s: image %dx%d, compared region %dx%d, %d weights",
@@ -43,10 +49,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     )
     make_logger = build(cfg, "logger")
     with make_logger(log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg)) as logger:
-        history = trainer.fit(model, optimizer, batch, logger)
+        checkpoint_dir = claim_run_dir(run_dir, trainer.resume)
+        history = trainer.fit(model, optimizer, batch, logger, checkpoint_dir)
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
         logger.pictures(history.steps, model)
     save_run(run_dir, model, summary)
+    if history.status == "failed":
+        log.error(
+            "training stopped at step %d: %s; the model and %s hold the last good state",
+            history.stopped_step, history.reason, history.checkpoint,
+        )
     log.info(
         "final loss %.4g, rel_mse %.4g, PSNR %.1f dB, %.1f steps/s -> %s",
         summary["final_loss"], summary["rel_mse"], summary["psnr_db"], summary["steps_per_sec"], run_dir,
@@ -57,12 +69,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra's entry point; returns the final loss so that sweepers can minimise it."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        return train(cfg, Path(HydraConfig.get().runtime.output_dir))["final_loss"]
+        summary = train(cfg, run_dir)
     except ConvlearnError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit(f"convlearn: error: {err}")
+    if summary["status"] == "interrupted":
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
+        print(
+            f"convlearn: interrupted at step {summary['stopped_step']}; checkpoint saved to {summary['checkpoint']}; "
+            f"continue with: python train.py {' '.join([*overrides, 'trainer.resume=true', f'hydra.run.dir={run_dir}'])}",
+            file=sys.stderr,
+        )
+        sys.exit(130)  # the shell's code for "ended by Ctrl-C"
+    return summary["final_loss"] if summary["status"] == "completed" else float("nan")
 
 
 if __name__ == "__main__":

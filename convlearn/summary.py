@@ -36,7 +36,7 @@ def metrics(history: History, final_mse: float, targets: np.ndarray) -> dict:
     variance, peak = target_stats(targets)
     losses = history.losses + [final_mse]
     return {
-        "status": "completed",
+        **history.outcome(),
         "final_loss": final_mse,
         "best_loss": float(np.nanmin(losses)),
         "rel_mse": final_mse / variance,
