@@ -56,7 +56,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     save_run(run_dir, model, summary)
     if history.status == "failed":
         log.error(
-            "training stopped at step %d: %s; the model and %s hold the last good state",
+            "training stopped at step %d: %s; that update was not applied, the model and %s hold the "
+            "weights it started from (try a lower optimizer.lr)",
             history.stopped_step, history.reason, history.checkpoint,
         )
     log.info(

@@ -40,12 +40,19 @@ def metrics(history: History, final_mse: float, targets: np.ndarray) -> dict:
         "final_loss": final_mse,
         "best_loss": float(np.nanmin(losses)),
         "rel_mse": final_mse / variance,
-        "psnr_db": 10 * math.log10(peak**2 / final_mse) if final_mse > 0 else math.inf,
+        "psnr_db": _psnr_db(peak, final_mse),
         "steps": history.steps,
         "wall_seconds": history.wall_seconds,
         "steps_per_sec": history.steps_per_sec,
         "losses": history.losses,
     }
+
+
+def _psnr_db(peak: float, mse: float) -> float:
+    # A failed run can end with an infinite or NaN loss; PSNR is then NaN rather than a crash.
+    if not math.isfinite(mse):
+        return math.nan
+    return 10 * math.log10(peak**2 / mse) if mse > 0 else math.inf
 
 
 def write_json(path: Path, data: dict) -> None:

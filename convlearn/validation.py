@@ -10,6 +10,7 @@ Nested nodes (a target's steps, their kernels) are checked the same way, recursi
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import types
 import typing
@@ -17,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -81,8 +81,8 @@ def _check_node(node: Any, path: str) -> None:
 def _check_call(node: DictConfig, path: str) -> None:
     target = _get(node, "_target_", path)
     try:
-        fn = get_object(str(target))
-    except Exception:
+        fn = _locate(str(target))
+    except (ImportError, AttributeError, ValueError):
         raise ConvlearnError(f"{path}._target_: cannot import {target!r}; it must name an importable callable") from None
     if not callable(fn):
         raise ConvlearnError(f"{path}._target_: {target!r} is not callable")
@@ -98,7 +98,8 @@ def _check_call(node: DictConfig, path: str) -> None:
             continue
         where = f"{path}.{key}"
         if key not in params and not takes_any:
-            raise ConvlearnError(f"{where}: unknown key; {target} takes {', '.join(sorted(named))}")
+            takes = f"takes {', '.join(sorted(named))}" if named else "takes no arguments"
+            raise ConvlearnError(f"{where}: unknown key; {target} {takes}")
         value = _get(node, key, path)
         if key in hints:
             problem = _type_problem(value, hints[key])
@@ -113,6 +114,20 @@ def _check_call(node: DictConfig, path: str) -> None:
         for name, p in params.items():
             if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name not in node:
                 raise ConvlearnError(f"{path}.{name}: missing; {target} needs it (add {path}.{name}=...)")
+
+
+def _locate(dotted: str) -> Any:
+    """The object at a dotted path: the longest importable module prefix, then attributes."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for name in parts[split:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(dotted)
 
 
 def _get(node: DictConfig | ListConfig, key: str | int, path: str) -> Any:
