@@ -2,17 +2,16 @@
 
 This is the notebook's loop (forward, MSE, gradients, optimizer step) with the step compiled by
 ``tf.function`` and the bookkeeping around it: seeding, progress, per-step losses, hooks for
-the logger, a guard against non-finite losses, checkpoints, resuming, and Ctrl-C. The loss compares only the pixels the model and the target both cover (see
-:mod:`convlearn.geometry`).
+the logger, a guard against non-finite losses, checkpoints, resuming, and Ctrl-C. The loss
+compares only the pixels the model and the target both cover (see :mod:`convlearn.geometry`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -142,26 +141,24 @@ class Trainer:
             desc="training", disable=not self.progress, mininterval=0.5, leave=False,
         )
         start = time.perf_counter()
-        with _stop_requests() as stop_requested:
-            for step in bar:
-                if stop_requested():
-                    history.stop("interrupted", step, "interrupted by a signal (Ctrl-C)")
-                    break
-                loss, grad_norm, finite = step_fn(batch.inputs, batch.targets)
-                loss, grad_norm = float(loss), float(grad_norm)
-                if not self._guard(step, bool(finite), loss, grad_norm, history):
-                    break
-                history.losses.append(loss)
-                history.grad_norms.append(grad_norm)
-                if logger is not None:
-                    scalars = {"loss": loss, "grad_norm": grad_norm, "learning_rate": current_lr(optimizer)}
-                    logger.on_step(step, scalars, model)
-                self._checkpoint(checkpoints, history, every=self.checkpoint_every)
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
-            history.wall_seconds = time.perf_counter() - start
-            bar.close()
-            self._checkpoint(checkpoints, history, every=1)
+        steps = _until_signal(bar, history)
+        for step in steps:
+            loss, grad_norm, finite = step_fn(batch.inputs, batch.targets)
+            loss, grad_norm = float(loss), float(grad_norm)
+            if not self._guard(step, bool(finite), loss, grad_norm, history):
+                break
+            history.losses.append(loss)
+            history.grad_norms.append(grad_norm)
+            if logger is not None:
+                scalars = {"loss": loss, "grad_norm": grad_norm, "learning_rate": current_lr(optimizer)}
+                logger.on_step(step, scalars, model)
+            self._checkpoint(checkpoints, history, every=self.checkpoint_every)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
+        steps.close()
+        history.wall_seconds = time.perf_counter() - start
+        bar.close()
+        self._checkpoint(checkpoints, history, every=1)
         return history
 
     def _guard(self, step: int, finite: bool, loss: float, grad_norm: float, history: History) -> bool:
@@ -205,13 +202,13 @@ def compiled_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, cro
     return step
 
 
-@contextlib.contextmanager
-def _stop_requests() -> Iterator[Callable[[], bool]]:
-    """Turn the first Ctrl-C (or SIGTERM) into a request the loop honours between steps, so the
-    checkpoint it then saves is consistent; a second Ctrl-C interrupts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False  # signal handlers can only be installed from the main thread
-        return
+def _until_signal(steps: Iterable[int], history: History) -> Iterator[int]:
+    """Yield ``steps`` until Ctrl-C (or SIGTERM) arrives, then mark ``history`` interrupted.
+
+    The signal only sets a flag that is read between steps, so the checkpoint saved next is
+    consistent; a second Ctrl-C interrupts at once. Handlers can only be installed from the main
+    thread; elsewhere the steps are passed through.
+    """
     received: list[int] = []
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -219,13 +216,20 @@ def _stop_requests() -> Iterator[Callable[[], bool]]:
         received.append(signum)
         signal.signal(signum, previous[signum])
 
-    for sig in previous:
-        signal.signal(sig, request)
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        for sig in previous:
+            signal.signal(sig, request)
     try:
-        yield lambda: bool(received)
+        for step in steps:
+            if received:
+                history.stop("interrupted", step, "interrupted by a signal (Ctrl-C)")
+                return
+            yield step
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if main_thread:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def mse(model: keras.Model, batch: Batch) -> float:
