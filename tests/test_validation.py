@@ -76,6 +76,8 @@ def input_cases(folder):
     np.save(folder / "flat.npy", np.ones((40, 48), np.float32))
     np.save(folder / "text.npy", np.full((40, 48), "a"))
     np.save(folder / "pickled.npy", np.array([{"a": 1}], dtype=object))
+    write_header_only(folder / "huge.npy", (100_000, 100_000), sparse=True)  # 80 GB on paper, no disk
+    write_header_only(folder / "truncated.npy", (40, 48), sparse=False)
     return {
         "nan.npy": f"data.path: {folder}/nan.npy contains NaN or infinite pixels",
         "flat.npy": (
@@ -88,10 +90,26 @@ def input_cases(folder):
             "arrays (np.save without objects)"
         ),
         "missing.npy": f"data.path: no such file: {folder}/missing.npy",
+        "huge.npy": (
+            f"data.path: {folder}/huge.npy is too large: a 100000x100000 float64 image needs 111.8 GiB, "
+            "this machine has 16.0 GiB"
+        ),
+        "truncated.npy": (
+            f"data.path: {folder}/truncated.npy is truncated: its header promises 15360 bytes of data, the file holds 0"
+        ),
     }
 
 
-def test_bad_inputs_fail_before_training_and_leave_the_run_dir_empty(tmp_path):
+def write_header_only(path, shape, sparse):
+    """An .npy header for float64 ``shape``; with ``sparse`` the data is a hole the size it claims."""
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, {"descr": "<f8", "fortran_order": False, "shape": shape})
+        if sparse:
+            file.truncate(file.tell() + 8 * int(np.prod(shape)))
+
+
+def test_bad_inputs_fail_before_training_and_leave_the_run_dir_empty(tmp_path, monkeypatch):
+    monkeypatch.setattr("convlearn.data._physical_memory", lambda: 16 * 2**30)
     for name, message in input_cases(tmp_path).items():
         run_dir = tmp_path / f"run-{name}"
         with pytest.raises(ConvlearnError) as caught:
@@ -143,3 +161,17 @@ def test_cli_unknown_preset_lists_the_options_without_a_traceback(tmp_path):
     assert "Could not find 'model/bogus'" in result.stderr
     assert "Available options in 'model':\n\tlinear\n\tseed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_picture_too_large_to_decode_safely_is_refused(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # as if the picture had billions of pixels
+    with pytest.raises(ConvlearnError) as caught:
+        train(file_cfg(tmp_path / "bomb.png"), tmp_path / "run")
+    assert str(caught.value) == (
+        f"data.path: cannot read image {tmp_path}/bomb.png: Image size (1920 pixels) exceeds limit of 200 pixels, "
+        "could be decompression bomb DOS attack."
+    )
+    assert not (tmp_path / "run").exists()
