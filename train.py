@@ -49,7 +49,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     )
     make_logger = build(cfg, "logger")
     with make_logger(log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg)) as logger:
-        checkpoint_dir = claim_run_dir(run_dir, trainer.resume)
+        checkpoint_dir = claim_run_dir(run_dir, trainer.resume, cfg)
         history = trainer.fit(model, optimizer, batch, logger, checkpoint_dir)
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
         logger.pictures(history.steps, model)

@@ -10,17 +10,23 @@ still has its previous checkpoint. The ``checkpoints/`` folder also marks a run 
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import keras
 import tensorflow as tf
+from omegaconf import DictConfig, OmegaConf
 
 from convlearn.errors import ConvlearnError
 
 FOLDER = "checkpoints"
+CONFIG = "config.yaml"  # the config the run started with; Hydra rewrites .hydra/ on every resume
+
+log = logging.getLogger("convlearn")
 
 
-def claim_run_dir(run_dir: Path, resume: bool) -> Path:
+def claim_run_dir(run_dir: Path, resume: bool, cfg: DictConfig) -> Path:
     """The run's checkpoint folder: created for a new run, required to exist for a resumed one."""
     folder = run_dir / FOLDER
     if resume:
@@ -28,6 +34,9 @@ def claim_run_dir(run_dir: Path, resume: bool) -> Path:
             raise ConvlearnError(
                 f"trainer.resume=true: no checkpoint in {folder}; pass hydra.run.dir=<the directory of the run to resume>"
             )
+        changes = config_changes(OmegaConf.load(folder / CONFIG), cfg)
+        if changes:
+            log.warning("resuming with a config that differs from the run's first one: %s", "; ".join(changes))
         return folder
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -36,7 +45,28 @@ def claim_run_dir(run_dir: Path, resume: bool) -> Path:
         raise ConvlearnError(
             f"hydra.run.dir: {run_dir} already holds a run; continue it with trainer.resume=true or pick a new directory"
         ) from None
+    tmp = folder / (CONFIG + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, folder / CONFIG)
     return folder
+
+
+def config_changes(old: DictConfig, new: DictConfig) -> list[str]:
+    """``key: old -> new`` for every value that differs, except ``trainer.resume`` itself."""
+    before, after = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (old, new))
+    return [
+        f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+        for key in sorted(before.keys() | after.keys())
+        if key != "trainer.resume" and before.get(key) != after.get(key)
+    ]
+
+
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict):
+        return {k: v for key, child in tree.items() for k, v in _flat(child, f"{prefix}{key}.").items()}
+    if isinstance(tree, list):
+        return {k: v for i, child in enumerate(tree) for k, v in _flat(child, f"{prefix[:-1]}[{i}].").items()}
+    return {prefix[:-1]: tree}
 
 
 class Checkpoints:

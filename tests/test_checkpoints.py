@@ -126,3 +126,25 @@ def test_two_seeded_runs_are_bit_identical(make_cfg, tmp_path):
     assert first["final_loss"] == second["final_loss"]
     a, b = kernels(tmp_path / "a"), kernels(tmp_path / "b")
     assert a.keys() == b.keys() and all(np.array_equal(a[name], b[name]) for name in a)
+
+
+def test_checkpoint_restores_the_data_generator(make_cfg, tmp_path):
+    cfg = make_cfg("model=linear")
+    model, optimizer = build(cfg, "model"), build(cfg, "optimizer")
+    optimizer.build(model.trainable_variables)
+    rng = tf.random.Generator.from_seed(5)
+    rng.normal([3])
+    Checkpoints(tmp_path, model, optimizer, rng).save([0.5], [1.0])
+    expected = rng.normal([3]).numpy()
+
+    other = tf.random.Generator.from_seed(6)
+    losses, grad_norms = Checkpoints(tmp_path, model, optimizer, other).restore()
+    assert (losses, grad_norms) == ([0.5], [1.0])
+    assert np.array_equal(other.normal([3]).numpy(), expected)
+
+
+def test_resume_trains_further_and_warns_about_a_changed_config(make_cfg, tmp_path, caplog):
+    first = train(make_cfg("model=linear", "trainer.steps=4"), tmp_path)
+    resumed = train(make_cfg("model=linear", "trainer.steps=7", "optimizer.lr=3e-3", "trainer.resume=true"), tmp_path)
+    assert resumed["steps"] == 7 and resumed["losses"][:4] == first["losses"]
+    assert "optimizer.lr: 0.001 -> 0.003; trainer.steps: 4 -> 7" in caplog.text
