@@ -24,9 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from convlearn.checkpoints import claim_run_dir
 from convlearn.config import build
+from convlearn.data import as_images, make_feed
 from convlearn.errors import ConvlearnError
 from convlearn.summary import metrics, save_run, target_stats
-from convlearn.training import make_batch, mse, seed_everything
+from convlearn.training import mse, seed_everything
 from convlearn.validation import validate
 
 log = logging.getLogger("convlearn")
@@ -37,21 +38,26 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     validate(cfg)
     trainer = build(cfg, "trainer")
     seed_everything(trainer.seed, trainer.deterministic)
-    image = build(cfg, "data")
-    target = build(cfg, "target")
-    model = build(cfg, "model")
-    batch = make_batch(image, target, model)
+    images = as_images(build(cfg, "data"))
+    # data=pairs brings its target images: no target transform is built.
+    target = None if images.given_targets else build(cfg, "target")
+    model = build(cfg, "model", **images.model_kwargs())
+    feed = make_feed(images, target, model, seed=trainer.seed)
+    batch = feed.preview
     target_stats(batch.targets.numpy())  # a constant target is refused now, not after training
     optimizer = build(cfg, "optimizer")
     log.info(
-        "%s on %s: image %dx%d, compared region %dx%d, %d weights",
-        model.name, target.name, *image.shape, *batch.crops.shape, model.count_params(),
+        "%s on %s: %d training and %d validation images, first %dx%d, compared region %dx%d, %d weights",
+        model.name, "given targets" if target is None else target.name, len(images.train), len(images.val),
+        *images.train[0].shape[:2], *feed.train.crops.shape, model.count_params(),
     )
     make_logger = build(cfg, "logger")
     with make_logger(log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg)) as logger:
         checkpoint_dir = claim_run_dir(run_dir, trainer.resume, cfg)
-        history = trainer.fit(model, optimizer, batch, logger, checkpoint_dir)
+        history = trainer.fit(model, optimizer, feed.train, logger, validation=feed.validation, checkpoint_dir=checkpoint_dir)
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
+        if history.val_losses:
+            summary["val_loss"] = history.val_losses[-1][1]
         logger.pictures(history.steps, model)
     save_run(run_dir, model, summary)
     if history.status == "failed":

@@ -8,10 +8,11 @@ compares only the pixels the model and the target both cover (see :mod:`convlear
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -22,7 +23,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from convlearn.checkpoints import Checkpoints
-from convlearn.geometry import Crops, align
+from convlearn.geometry import Crops, Footprint, align
 from convlearn.models import footprint
 from convlearn.optim import current_lr
 from convlearn.targets import Pipeline
@@ -48,6 +49,7 @@ class History:
 
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (steps done, loss)
     wall_seconds: float = 0.0
     status: str = "completed"  # or "failed" (non-finite loss) or "interrupted" (Ctrl-C)
     stopped_step: int | None = None
@@ -83,6 +85,8 @@ class StepLogger(Protocol):
 
     def on_step(self, step: int, scalars: dict[str, float], model: keras.Model) -> None: ...
 
+    def scalars(self, step: int, values: dict[str, float]) -> None: ...
+
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and TensorFlow; with ``deterministic`` pick deterministic kernels."""
@@ -97,7 +101,7 @@ class Trainer:
     With a checkpoint folder it saves every ``checkpoint_every`` steps (0: only when it stops),
     when it stops, and at the end; ``resume`` continues from the newest checkpoint there. A
     non-finite loss or gradient never reaches the weights: ``on_nonfinite='stop'`` ends the run
-    with the last good state, ``'skip'`` records the step and goes on.
+    with the weights that step started from, ``'skip'`` records the step and goes on.
     """
 
     def __init__(
@@ -106,12 +110,14 @@ class Trainer:
         seed: int = 0,
         progress: bool = True,
         deterministic: bool = True,
+        val_every: int = 50,
         on_nonfinite: Literal["stop", "skip"] = "stop",
         checkpoint_every: int = 100,
         keep_checkpoints: int = 2,
         resume: bool = False,
     ) -> None:
         self.steps = steps
+        self.val_every = max(1, val_every)
         self.seed = seed
         self.progress = progress
         self.deterministic = deterministic
@@ -119,23 +125,32 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.keep_checkpoints = keep_checkpoints
         self.resume = resume
-        # For data pipelines that draw at random (patches, noise): checkpointed with the model,
-        # so a resumed run draws what the uninterrupted run would have drawn.
+        # For data pipelines that draw at random: checkpointed with the model, so a resumed run
+        # draws what the uninterrupted run would have drawn.
         self.rng = tf.random.Generator.from_seed(seed)
 
     def fit(
         self,
         model: keras.Model,
         optimizer: keras.optimizers.Optimizer,
-        batch: Batch,
+        batch: Batch | Iterable,
         logger: StepLogger | None = None,
+        validation: Sequence[Batch] = (),
         checkpoint_dir: Path | None = None,
     ) -> History:
+        """``batch``: a :class:`Batch` (full frame) or anything with ``crops`` that iterates over
+        ``(inputs, targets)`` batches (random patches). With ``validation`` batches, their mean MSE
+        is recorded every ``val_every`` steps and at the end, and logged as ``val_loss``. With
+        ``checkpoint_dir``, checkpoints go there and ``resume`` starts from the newest one."""
         step_fn = compiled_step(model, optimizer, batch.crops)
+        # Full-frame training shows the model the same batch at every step.
+        feed = itertools.repeat((batch.inputs, batch.targets)) if isinstance(batch, Batch) else iter(batch)
         checkpoints = None
         if checkpoint_dir is not None:
             checkpoints = Checkpoints(checkpoint_dir, model, optimizer, self.rng, self.keep_checkpoints)
         history = History(*checkpoints.restore()) if checkpoints and self.resume else History()
+        # A seeded stream replays its draws up to the resumed step, so it goes on where it was.
+        feed = itertools.islice(feed, history.steps, None)
         bar = tqdm(
             range(history.steps, self.steps), initial=history.steps, total=self.steps,
             desc="training", disable=not self.progress, mininterval=0.5, leave=False,
@@ -143,7 +158,7 @@ class Trainer:
         start = time.perf_counter()
         steps = _until_signal(bar, history)
         for step in steps:
-            loss, grad_norm, finite = step_fn(batch.inputs, batch.targets)
+            loss, grad_norm, finite = step_fn(*next(feed))
             loss, grad_norm = float(loss), float(grad_norm)
             if not self._guard(step, bool(finite), loss, grad_norm, history):
                 break
@@ -152,6 +167,11 @@ class Trainer:
             if logger is not None:
                 scalars = {"loss": loss, "grad_norm": grad_norm, "learning_rate": current_lr(optimizer)}
                 logger.on_step(step, scalars, model)
+            if validation and ((step + 1) % self.val_every == 0 or step + 1 == self.steps):
+                val_loss = float(np.mean([mse(model, v) for v in validation]))
+                history.val_losses.append((step + 1, val_loss))
+                if logger is not None:
+                    logger.scalars(step + 1, {"val_loss": val_loss})
             self._checkpoint(checkpoints, history, every=self.checkpoint_every)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
@@ -160,6 +180,7 @@ class Trainer:
         bar.close()
         self._checkpoint(checkpoints, history, every=1)
         return history
+
 
     def _guard(self, step: int, finite: bool, loss: float, grad_norm: float, history: History) -> bool:
         """Record a non-finite step (its update was not applied); False when the run must stop."""
@@ -237,10 +258,15 @@ def mse(model: keras.Model, batch: Batch) -> float:
     return float(tf.reduce_mean(tf.square(batch.predict(model) - batch.targets)))
 
 
-def make_batch(image: np.ndarray, target: Pipeline, model: keras.Model) -> Batch:
-    """The training batch for one ``(H, W)`` image: the target computed once and cropped to the
-    pixels the model's output covers too."""
-    inputs = tf.constant(np.asarray(image, np.float32)[None, ..., None])
-    crops = align(footprint(model), target.footprint, image.shape[:2])
+def make_batch(
+    image: np.ndarray, target: Pipeline | None, model: keras.Model, given: np.ndarray | None = None
+) -> Batch:
+    """The training batch for one ``(H, W)`` image or a stack ``(N, H, W, C)``: the target computed
+    once and cropped to the pixels the model's output covers too. With ``target=None`` the
+    targets are ``given`` images of the same shape (data=pairs), aligned pixel for pixel."""
+    image = np.asarray(image, np.float32)
+    inputs = tf.constant(image[None, ..., None] if image.ndim == 2 else image)
+    crops = align(footprint(model), Footprint() if target is None else target.footprint, tuple(inputs.shape[1:3]))
     rows, cols = crops.target
-    return Batch(inputs=inputs, targets=target(inputs)[:, rows, cols, :], crops=crops)
+    full = target(inputs) if target is not None else tf.constant(np.reshape(np.asarray(given, np.float32), inputs.shape))
+    return Batch(inputs=inputs, targets=full[:, rows, cols, :], crops=crops)

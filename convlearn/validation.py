@@ -46,7 +46,9 @@ def above(low: float) -> Callable[[Any], str | None]:
 # Limits a type hint cannot express, keyed by the callable's import path. Limits that the
 # callable already checks itself (data.shapes sizes, Repeat.n) are not repeated here.
 RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
-    "convlearn.training.Trainer": {"steps": at_least(1), "checkpoint_every": at_least(0), "keep_checkpoints": at_least(1)},
+    "convlearn.training.Trainer": {
+        "steps": at_least(1), "val_every": at_least(1), "checkpoint_every": at_least(0), "keep_checkpoints": at_least(1),
+    },
     "convlearn.optim.build": {"lr": above(0), "decay_steps": at_least(1), "warmup_steps": at_least(0)},
     "convlearn.data.shapes": {"noise": at_least(0)},
     "convlearn.models.linear": {"kernel_size": at_least(1)},

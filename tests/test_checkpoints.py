@@ -148,3 +148,16 @@ def test_resume_trains_further_and_warns_about_a_changed_config(make_cfg, tmp_pa
     resumed = train(make_cfg("model=linear", "trainer.steps=7", "optimizer.lr=3e-3", "trainer.resume=true"), tmp_path)
     assert resumed["steps"] == 7 and resumed["losses"][:4] == first["losses"]
     assert "optimizer.lr: 0.001 -> 0.003; trainer.steps: 4 -> 7" in caplog.text
+
+
+def test_resumed_patch_stream_draws_the_same_patches(make_cfg, tmp_path):
+    from convlearn.data import shapes
+
+    np.save(tmp_path / "image.npy", shapes(40, 48, n_circles=3, n_squares=3, min_size=4, max_size=10))
+    patches = ["data=file", f"data.path={tmp_path}/image.npy", "data.patch_size=24", "data.batch_size=2",
+               "model=linear", "optimizer.lr=3e-3"]
+    whole = train(make_cfg(*patches, "trainer.steps=6"), tmp_path / "whole")
+    train(make_cfg(*patches, "trainer.steps=3"), tmp_path / "split")
+    resumed = train(make_cfg(*patches, "trainer.steps=6", "trainer.resume=true"), tmp_path / "split")
+    assert resumed["losses"] == whole["losses"] and len(set(whole["losses"])) == 6
+    assert np.array_equal(kernels(tmp_path / "split")["conv_00"], kernels(tmp_path / "whole")["conv_00"])
