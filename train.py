@@ -7,6 +7,8 @@
 The flow: config -> data -> target -> model -> trainer -> logs, each built from its config group
 in ``configs/``. Results land in the Hydra run dir (``outputs/...``): ``metrics.json``, the model,
 its kernels and TensorBoard events.
+
+    python train.py trainer.resume=true hydra.run.dir=outputs/<date>/<time>   # continue a run
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from convlearn.checkpoints import claim_run_dir
 from convlearn.config import build
 from convlearn.data import as_images, make_feed
 from convlearn.errors import ConvlearnError
 from convlearn.logs import hparams_from_config
 from convlearn.report import write_summary_png
-from convlearn.summary import metrics, save_run
+from convlearn.summary import metrics, save_run, target_stats
 from convlearn.training import mse, seed_everything
+from convlearn.validation import validate
 
 log = logging.getLogger("convlearn")
 
@@ -37,6 +41,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
 
     ``overrides`` (Hydra's ``key=value`` task overrides) become the run's hyperparameters in
     TensorBoard's HPARAMS tab, next to the main choices."""
+    validate(cfg)
     trainer = build(cfg, "trainer")
     seed_everything(trainer.seed, trainer.deterministic)
     images = as_images(build(cfg, "data"))
@@ -45,6 +50,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
     model = build(cfg, "model", **images.model_kwargs())
     feed = make_feed(images, target, model, seed=trainer.seed)
     batch = feed.preview
+    target_stats(batch.targets.numpy())  # a constant target is refused now, not after training
     optimizer = build(cfg, "optimizer")
     log.info(
         "%s on %s: %d training and %d validation images, first %dx%d, compared region %dx%d, %d weights",
@@ -57,13 +63,22 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
         log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg),
         hparams=hparams_from_config(cfg, overrides), target_kernel=target_kernel,
     ) as logger:
-        history = trainer.fit(model, optimizer, feed.train, logger, validation=feed.validation)
+        checkpoint_dir = claim_run_dir(run_dir, trainer.resume, cfg)
+        history = trainer.fit(
+            model, optimizer, feed.train, logger, validation=feed.validation, checkpoint_dir=checkpoint_dir
+        )
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
         if history.val_losses:
             summary["val_loss"] = history.val_losses[-1][1]
         logger.on_end(history.steps, model, summary)
     save_run(run_dir, model, summary)
     write_summary_png(run_dir / "summary.png", summary["losses"], batch, model, target_kernel)
+    if history.status == "failed":
+        log.error(
+            "training stopped at step %d: %s; that update was not applied, the model and %s hold the "
+            "weights it started from (try a lower optimizer.lr)",
+            history.stopped_step, history.reason, history.checkpoint,
+        )
     log.info(
         "final loss %.4g, rel_mse %.4g, PSNR %.1f dB, %.1f steps/s -> %s",
         summary["final_loss"], summary["rel_mse"], summary["psnr_db"], summary["steps_per_sec"], run_dir,
@@ -74,13 +89,22 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra's entry point; returns the final loss so that sweepers can minimise it."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        hydra_cfg = HydraConfig.get()
-        return train(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task)["final_loss"]
+        summary = train(cfg, run_dir, HydraConfig.get().overrides.task)
     except ConvlearnError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit(f"convlearn: error: {err}")
+    if summary["status"] == "interrupted":
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
+        print(
+            f"convlearn: interrupted at step {summary['stopped_step']}; checkpoint saved to {summary['checkpoint']}; "
+            f"continue with: python train.py {' '.join([*overrides, 'trainer.resume=true', f'hydra.run.dir={run_dir}'])}",
+            file=sys.stderr,
+        )
+        sys.exit(130)  # the shell's code for "ended by Ctrl-C"
+    return summary["final_loss"] if summary["status"] == "completed" else float("nan")
 
 
 if __name__ == "__main__":

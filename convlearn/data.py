@@ -14,6 +14,7 @@ grow with the image.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,7 @@ def _load_npy(path: Path, channels: str, key: str) -> np.ndarray:
                 np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             )
             shape, _, dtype = read_header(file)
+            data_start = file.tell()
         except ValueError as err:
             raise ConvlearnError(f"{key}: cannot read {path} as .npy: {err}") from None
     if dtype.hasobject:
@@ -127,7 +129,31 @@ def _load_npy(path: Path, channels: str, key: str) -> np.ndarray:
         raise ConvlearnError(f"{key}: expected a (height, width, 3) array for channels=rgb in {path}, got shape {shape}")
     if not (np.issubdtype(dtype, np.number) or dtype == bool):
         raise ConvlearnError(f"{key}: {path} has non-numeric dtype {dtype}")
+    _check_size(path, shape, dtype, data_start, key)
     return np.load(path, allow_pickle=False).astype(np.float32)
+
+
+def _check_size(path: Path, shape: tuple[int, ...], dtype: np.dtype, data_start: int, key: str) -> None:
+    """Refuse, from the header alone, an array the file does not hold or memory cannot."""
+    size = int(np.prod(shape)) * dtype.itemsize
+    held = path.stat().st_size - data_start
+    if held < size:
+        raise ConvlearnError(f"{key}: {path} is truncated: its header promises {size} bytes of data, the file holds {held}")
+    memory = _physical_memory()
+    needed = size + int(np.prod(shape)) * 4  # the array and its float32 copy
+    if memory and needed > memory:
+        raise ConvlearnError(
+            f"{key}: {path} is too large: a {_size(shape)} {dtype} image needs "
+            f"{needed / 2**30:.1f} GiB, this machine has {memory / 2**30:.1f} GiB"
+        )
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM, where the platform says (not on Windows)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _load_picture(path: Path, channels: str, key: str) -> np.ndarray:
@@ -142,7 +168,7 @@ def _load_picture(path: Path, channels: str, key: str) -> np.ndarray:
             else:
                 pixels = np.asarray(picture if bits_16 else picture.convert("L"))
                 scale = 65535.0 if bits_16 else 255.0
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise ConvlearnError(f"{key}: cannot read image {path}: {err}") from None
     return (pixels.astype(np.float64) / scale).astype(np.float32)
 

@@ -30,6 +30,7 @@ from tensorboard.plugins.image import metadata as image_metadata
 
 from convlearn import pictures
 from convlearn.models import conv_layers, footprint
+from convlearn.summary import psnr_db
 from convlearn.training import Batch
 
 HParamValue = bool | int | float | str
@@ -138,8 +139,8 @@ class TensorBoardLogger:
         values = {}
         if loss is not None and self._target_variance > 0:
             values["rel_mse"] = loss / self._target_variance
-            if loss > 0:
-                values["psnr_db"] = 10 * math.log10(self._target_peak**2 / loss)
+            if math.isfinite(psnr := psnr_db(self._target_peak, loss)):
+                values["psnr_db"] = psnr
         now = time.perf_counter()
         if self._last_tick is not None and step > self._last_tick[0]:
             values["steps_per_sec"] = (step - self._last_tick[0]) / (now - self._last_tick[1])

@@ -36,16 +36,23 @@ def metrics(history: History, final_mse: float, targets: np.ndarray) -> dict:
     variance, peak = target_stats(targets)
     losses = history.losses + [final_mse]
     return {
-        "status": "completed",
+        **history.outcome(),
         "final_loss": final_mse,
         "best_loss": float(np.nanmin(losses)),
         "rel_mse": final_mse / variance,
-        "psnr_db": 10 * math.log10(peak**2 / final_mse) if final_mse > 0 else math.inf,
+        "psnr_db": psnr_db(peak, final_mse),
         "steps": history.steps,
         "wall_seconds": history.wall_seconds,
         "steps_per_sec": history.steps_per_sec,
         "losses": history.losses,
     }
+
+
+def psnr_db(peak: float, mse: float) -> float:
+    """Peak signal-to-noise ratio in dB; NaN for the infinite or NaN loss of a failed run."""
+    if not math.isfinite(mse):
+        return math.nan
+    return 10 * math.log10(peak**2 / mse) if mse > 0 else math.inf
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -1,24 +1,28 @@
 """The trainer: fit a model's kernels to a target with a compiled GradientTape step.
 
 This is the notebook's loop (forward, MSE, gradients, optimizer step) with the step compiled by
-``tf.function`` and the bookkeeping around it: seeding, progress, per-step losses, and hooks for
-the logger. The loss compares only the pixels the model and the target both cover (see
-:mod:`convlearn.geometry`).
+``tf.function`` and the bookkeeping around it: seeding, progress, per-step losses, hooks for
+the logger, a guard against non-finite losses, checkpoints, resuming, and Ctrl-C. The loss
+compares only the pixels the model and the target both cover (see :mod:`convlearn.geometry`).
 """
 
 from __future__ import annotations
 
 import itertools
+import signal
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Literal, Protocol
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from convlearn.checkpoints import Checkpoints
 from convlearn.geometry import Crops, Footprint, align
 from convlearn.models import footprint
 from convlearn.optim import current_lr
@@ -41,12 +45,31 @@ class Batch:
 
 @dataclass
 class History:
-    """What happened during training: one loss and gradient norm per step."""
+    """What happened during training: one loss and gradient norm per step, and how it ended."""
 
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     val_losses: list[tuple[int, float]] = field(default_factory=list)  # (steps done, loss)
     wall_seconds: float = 0.0
+    status: str = "completed"  # or "failed" (non-finite loss) or "interrupted" (Ctrl-C)
+    stopped_step: int | None = None
+    reason: str | None = None
+    skipped_steps: list[int] = field(default_factory=list)
+    checkpoint: str | None = None
+
+    def stop(self, status: str, step: int, reason: str) -> None:
+        self.status, self.stopped_step, self.reason = status, step, reason
+
+    def outcome(self) -> dict:
+        """How the run ended, for ``metrics.json``: the status, and where and why it stopped."""
+        outcome: dict = {"status": self.status}
+        if self.status != "completed":
+            outcome.update(stopped_step=self.stopped_step, reason=self.reason)
+        if self.skipped_steps:
+            outcome["skipped_steps"] = self.skipped_steps
+        if self.checkpoint:
+            outcome["checkpoint"] = self.checkpoint
+        return outcome
 
     @property
     def steps(self) -> int:
@@ -73,16 +96,38 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 class Trainer:
-    """Runs ``steps`` optimizer steps of MSE on one batch (the notebook's full-frame training)."""
+    """Runs ``steps`` optimizer steps of MSE on one batch (the notebook's full-frame training).
+
+    With a checkpoint folder it saves every ``checkpoint_every`` steps (0: only when it stops),
+    when it stops, and at the end; ``resume`` continues from the newest checkpoint there. A
+    non-finite loss or gradient never reaches the weights: ``on_nonfinite='stop'`` ends the run
+    with the weights that step started from, ``'skip'`` records the step and goes on.
+    """
 
     def __init__(
-        self, steps: int = 500, seed: int = 0, progress: bool = True, deterministic: bool = True, val_every: int = 50
+        self,
+        steps: int = 500,
+        seed: int = 0,
+        progress: bool = True,
+        deterministic: bool = True,
+        val_every: int = 50,
+        on_nonfinite: Literal["stop", "skip"] = "stop",
+        checkpoint_every: int = 100,
+        keep_checkpoints: int = 2,
+        resume: bool = False,
     ) -> None:
         self.steps = steps
         self.val_every = max(1, val_every)
         self.seed = seed
         self.progress = progress
         self.deterministic = deterministic
+        self.on_nonfinite = on_nonfinite
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self.resume = resume
+        # For data pipelines that draw at random: checkpointed with the model, so a resumed run
+        # draws what the uninterrupted run would have drawn.
+        self.rng = tf.random.Generator.from_seed(seed)
 
     def fit(
         self,
@@ -91,19 +136,32 @@ class Trainer:
         batch: Batch | Iterable,
         logger: StepLogger | None = None,
         validation: Sequence[Batch] = (),
+        checkpoint_dir: Path | None = None,
     ) -> History:
         """``batch``: a :class:`Batch` (full frame) or anything with ``crops`` that iterates over
         ``(inputs, targets)`` batches (random patches). With ``validation`` batches, their mean MSE
-        is recorded every ``val_every`` steps and at the end, and logged as ``val_loss``."""
+        is recorded every ``val_every`` steps and at the end, and logged as ``val_loss``. With
+        ``checkpoint_dir``, checkpoints go there and ``resume`` starts from the newest one."""
         step_fn = compiled_step(model, optimizer, batch.crops)
         # Full-frame training shows the model the same batch at every step.
         feed = itertools.repeat((batch.inputs, batch.targets)) if isinstance(batch, Batch) else iter(batch)
-        history = History()
-        bar = tqdm(range(self.steps), desc="training", disable=not self.progress, mininterval=0.5, leave=False)
+        checkpoints = None
+        if checkpoint_dir is not None:
+            checkpoints = Checkpoints(checkpoint_dir, model, optimizer, self.rng, self.keep_checkpoints)
+        history = History(*checkpoints.restore()) if checkpoints and self.resume else History()
+        # A seeded stream replays its draws up to the resumed step, so it goes on where it was.
+        feed = itertools.islice(feed, history.steps, None)
+        bar = tqdm(
+            range(history.steps, self.steps), initial=history.steps, total=self.steps,
+            desc="training", disable=not self.progress, mininterval=0.5, leave=False,
+        )
         start = time.perf_counter()
-        for step in bar:
-            loss, grad_norm = step_fn(*next(feed))
+        steps = _until_signal(bar, history)
+        for step in steps:
+            loss, grad_norm, finite = step_fn(*next(feed))
             loss, grad_norm = float(loss), float(grad_norm)
+            if not self._guard(step, bool(finite), loss, grad_norm, history):
+                break
             history.losses.append(loss)
             history.grad_norms.append(grad_norm)
             if logger is not None:
@@ -114,29 +172,85 @@ class Trainer:
                 history.val_losses.append((step + 1, val_loss))
                 if logger is not None:
                     logger.scalars(step + 1, {"val_loss": val_loss})
+            self._checkpoint(checkpoints, history, every=self.checkpoint_every)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
+        steps.close()
         history.wall_seconds = time.perf_counter() - start
         bar.close()
+        self._checkpoint(checkpoints, history, every=1)
         return history
 
 
+    def _guard(self, step: int, finite: bool, loss: float, grad_norm: float, history: History) -> bool:
+        """Record a non-finite step (its update was not applied); False when the run must stop."""
+        if finite:
+            return True
+        if self.on_nonfinite == "skip":
+            history.skipped_steps.append(step)
+            return True
+        history.stop("failed", step, f"non-finite loss or gradient (loss {loss}, gradient norm {grad_norm})")
+        return False
+
+    def _checkpoint(self, checkpoints: Checkpoints | None, history: History, every: int) -> None:
+        if checkpoints is not None and every > 0 and history.steps % every == 0:
+            history.checkpoint = checkpoints.save(history.losses, history.grad_norms)
+
+
 def compiled_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, crops: Crops):
-    """One training step as a ``tf.function``: returns (loss before the update, gradient norm)."""
+    """One training step as a ``tf.function``: returns the loss before the update, the gradient
+    norm, and whether both were finite. A non-finite step leaves the weights and the optimizer
+    untouched, so the model stays at its last good state."""
     rows, cols = crops.model
     variables = model.trainable_variables
     optimizer.build(variables)
 
     @tf.function
-    def step(inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def step(inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             prediction = tf.cast(model(inputs, training=True)[:, rows, cols, :], tf.float32)
             loss = tf.reduce_mean(tf.square(prediction - targets))
         grads = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss, tf.linalg.global_norm(grads)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in [loss, *grads]])
+
+        def apply() -> tf.Tensor:
+            optimizer.apply_gradients(zip(grads, variables))
+            return tf.constant(True)
+
+        tf.cond(finite, apply, lambda: tf.constant(False))
+        return loss, tf.linalg.global_norm(grads), finite
 
     return step
+
+
+def _until_signal(steps: Iterable[int], history: History) -> Iterator[int]:
+    """Yield ``steps`` until Ctrl-C (or SIGTERM) arrives, then mark ``history`` interrupted.
+
+    The signal only sets a flag that is read between steps, so the checkpoint saved next is
+    consistent; a second Ctrl-C interrupts at once. Handlers can only be installed from the main
+    thread; elsewhere the steps are passed through.
+    """
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def request(signum: int, frame: object) -> None:
+        received.append(signum)
+        signal.signal(signum, previous[signum])
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        for sig in previous:
+            signal.signal(sig, request)
+    try:
+        for step in steps:
+            if received:
+                history.stop("interrupted", step, "interrupted by a signal (Ctrl-C)")
+                return
+            yield step
+    finally:
+        if main_thread:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def mse(model: keras.Model, batch: Batch) -> float:

@@ -52,7 +52,7 @@ def inspect(run_dir: Path, image: Path | None, out: Path | None) -> Path:
     for key in SHOWN_METRICS:
         if key in metrics:
             print(f"{key:>14}: {metrics[key]}")
-    model = keras.models.load_model(model_file)
+    model = keras.models.load_model(model_file, compile=False, safe_mode=True)  # never run code from a file
     out = out or run_dir / "activations.png"
     layers = write_activation_figure(out, model, run_image(run_dir, image))
     print(f"{'activations':>14}: {len(layers)} layers -> {out}")

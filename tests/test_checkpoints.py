@@ -1,0 +1,163 @@
+"""Checkpoints, resume after SIGKILL and Ctrl-C, the non-finite guard, and seeded reproducibility."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT, TINY
+from convlearn.checkpoints import Checkpoints
+from convlearn.config import build
+from train import train
+
+# Many cheap steps, so that a run is still going when its first checkpoint appears.
+LONG = ["model=linear", "trainer.steps=1500", "trainer.checkpoint_every=50", "logger.scalar_every=100",
+        "logger.image_every=0"]
+
+
+def kernels(run_dir):
+    with np.load(run_dir / "kernels.npz", allow_pickle=False) as saved:
+        return {name: saved[name] for name in saved.files}
+
+
+def read_metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def checkpoint_step(folder):
+    latest = tf.train.latest_checkpoint(str(folder))
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+def start(run_dir, *overrides):
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *TINY, *LONG, *overrides, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=run_dir.parent,
+    )
+
+
+def wait_for_checkpoint_after(process, folder, step, polls=12000):
+    """Poll until a checkpoint newer than ``step`` exists (bounded: about two minutes)."""
+    for _ in range(polls):
+        if checkpoint_step(folder) > step:
+            return checkpoint_step(folder)
+        try:
+            process.wait(timeout=0.01)
+        except subprocess.TimeoutExpired:
+            continue
+        pytest.fail(f"training ended before a checkpoint after step {step}: {process.stderr.read()[-800:]}")
+    pytest.fail(f"no checkpoint after step {step} in {folder}")
+
+
+def test_killed_and_interrupted_run_resumes_bit_for_bit(make_cfg, tmp_path):
+    reference = train(make_cfg(*LONG), tmp_path / "reference")
+    run_dir = tmp_path / "run"
+    folder = run_dir / "checkpoints"
+
+    process = start(run_dir)
+    first = wait_for_checkpoint_after(process, folder, 0)
+    process.kill()
+    process.wait(timeout=60)
+    assert not (run_dir / "metrics.json").exists(), "the run had finished before the kill"
+
+    process = start(run_dir, "trainer.resume=true")
+    wait_for_checkpoint_after(process, folder, first)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-800:]
+    interrupted = read_metrics(run_dir)
+    assert interrupted["status"] == "interrupted" and interrupted["stopped_step"] < 1500
+    assert stderr.strip().splitlines()[-1] == (
+        f"convlearn: interrupted at step {interrupted['stopped_step']}; checkpoint saved to "
+        f"{folder}/ckpt-{interrupted['stopped_step']}; continue with: python train.py {' '.join([*TINY, *LONG])} "
+        f"trainer.resume=true hydra.run.dir={run_dir}"
+    )
+    assert "Traceback" not in stderr
+
+    process = start(run_dir, "trainer.resume=true")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-800:]
+    resumed = read_metrics(run_dir)
+    assert resumed["status"] == "completed"
+    assert resumed["losses"] == reference["losses"]
+    assert resumed["final_loss"] == reference["final_loss"]
+    expected = kernels(tmp_path / "reference")
+    assert all(np.array_equal(array, expected[name]) for name, array in kernels(run_dir).items())
+
+
+def test_nonfinite_loss_stops_the_run_as_failed_with_a_checkpoint(make_cfg, tmp_path):
+    cfg = make_cfg("model=linear", "optimizer=sgd", "optimizer.lr=1e6", "trainer.steps=30", "trainer.checkpoint_every=1")
+    summary = train(cfg, tmp_path)
+
+    metrics = read_metrics(tmp_path)
+    step = metrics["stopped_step"]
+    assert metrics["status"] == "failed" and 0 < step < 30
+    assert metrics["reason"].startswith("non-finite loss or gradient")
+    assert metrics["steps"] == step and len(metrics["losses"]) == step and np.all(np.isfinite(metrics["losses"]))
+    assert summary["checkpoint"] == str(tmp_path / "checkpoints" / f"ckpt-{step}")
+
+    # The checkpoint and the saved kernels hold the same finite weights: the bad update never landed.
+    saved = kernels(tmp_path)["conv_00"]
+    assert np.all(np.isfinite(saved))
+    model, optimizer = build(cfg, "model"), build(cfg, "optimizer")
+    optimizer.build(model.trainable_variables)
+    losses, _ = Checkpoints(tmp_path / "checkpoints", model, optimizer, tf.random.Generator.from_seed(0)).restore()
+    assert losses == metrics["losses"]
+    assert np.array_equal(model.layers[0].kernel.numpy(), saved)
+
+
+def test_skip_mode_leaves_out_nonfinite_updates_and_finishes(make_cfg, tmp_path):
+    cfg = make_cfg("model=linear", "optimizer=sgd", "optimizer.lr=1e6", "trainer.steps=8", "trainer.on_nonfinite=skip")
+    summary = train(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["steps"] == 8
+    first_bad = summary["skipped_steps"][0]
+    assert summary["skipped_steps"] == list(range(first_bad, 8))
+    assert np.all(np.isfinite(kernels(tmp_path)["conv_00"]))
+
+
+def test_two_seeded_runs_are_bit_identical(make_cfg, tmp_path):
+    first = train(make_cfg("trainer.seed=3", "trainer.steps=6"), tmp_path / "a")
+    second = train(make_cfg("trainer.seed=3", "trainer.steps=6"), tmp_path / "b")
+    assert read_metrics(tmp_path / "a")["losses"] == read_metrics(tmp_path / "b")["losses"] == first["losses"]
+    assert first["final_loss"] == second["final_loss"]
+    a, b = kernels(tmp_path / "a"), kernels(tmp_path / "b")
+    assert a.keys() == b.keys() and all(np.array_equal(a[name], b[name]) for name in a)
+
+
+def test_checkpoint_restores_the_data_generator(make_cfg, tmp_path):
+    cfg = make_cfg("model=linear")
+    model, optimizer = build(cfg, "model"), build(cfg, "optimizer")
+    optimizer.build(model.trainable_variables)
+    rng = tf.random.Generator.from_seed(5)
+    rng.normal([3])
+    Checkpoints(tmp_path, model, optimizer, rng).save([0.5], [1.0])
+    expected = rng.normal([3]).numpy()
+
+    other = tf.random.Generator.from_seed(6)
+    losses, grad_norms = Checkpoints(tmp_path, model, optimizer, other).restore()
+    assert (losses, grad_norms) == ([0.5], [1.0])
+    assert np.array_equal(other.normal([3]).numpy(), expected)
+
+
+def test_resume_trains_further_and_warns_about_a_changed_config(make_cfg, tmp_path, caplog):
+    first = train(make_cfg("model=linear", "trainer.steps=4"), tmp_path)
+    resumed = train(make_cfg("model=linear", "trainer.steps=7", "optimizer.lr=3e-3", "trainer.resume=true"), tmp_path)
+    assert resumed["steps"] == 7 and resumed["losses"][:4] == first["losses"]
+    assert "optimizer.lr: 0.001 -> 0.003; trainer.steps: 4 -> 7" in caplog.text
+
+
+def test_resumed_patch_stream_draws_the_same_patches(make_cfg, tmp_path):
+    from convlearn.data import shapes
+
+    np.save(tmp_path / "image.npy", shapes(40, 48, n_circles=3, n_squares=3, min_size=4, max_size=10))
+    patches = ["data=file", f"data.path={tmp_path}/image.npy", "data.patch_size=24", "data.batch_size=2",
+               "model=linear", "optimizer.lr=3e-3"]
+    whole = train(make_cfg(*patches, "trainer.steps=6"), tmp_path / "whole")
+    train(make_cfg(*patches, "trainer.steps=3"), tmp_path / "split")
+    resumed = train(make_cfg(*patches, "trainer.steps=6", "trainer.resume=true"), tmp_path / "split")
+    assert resumed["losses"] == whole["losses"] and len(set(whole["losses"])) == 6
+    assert np.array_equal(kernels(tmp_path / "split")["conv_00"], kernels(tmp_path / "whole")["conv_00"])

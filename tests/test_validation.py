@@ -1,0 +1,177 @@
+"""User mistakes in configs and inputs: each fails before training with one exact line."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import ROOT, TINY
+from convlearn.errors import ConvlearnError
+from convlearn.validation import validate
+from train import train
+
+TRAINER_KEYS = "checkpoint_every, deterministic, keep_checkpoints, on_nonfinite, progress, resume, seed, steps, val_every"
+
+# Mistakes the config check finds before anything is built: overrides -> the exact message.
+CONFIG_CASES = {
+    ("trainer.steps=abc",): "trainer.steps: expected an integer, got 'abc'",
+    ("trainer.steps=-5",): "trainer.steps: must be >= 1, got -5",
+    ("optimizer.lr=-1e-3",): "optimizer.lr: must be > 0, got -0.001",
+    ("+trainer.stepz=3",): f"trainer.stepz: unknown key; convlearn.training.Trainer takes {TRAINER_KEYS}",
+    ("trainer.on_nonfinite=ignore",): "trainer.on_nonfinite: must be one of 'stop', 'skip', got 'ignore'",
+    ("trainer.resume=maybe",): "trainer.resume: expected true or false, got 'maybe'",
+    ("model=linear", "model.kernel_size=0"): "model.kernel_size: must be >= 1, got 0",
+    ("model=linear", "model.kernel_size=[3,0]"): "model.kernel_size: must be >= 1, got [3, 0]",
+    ("model=linear", "model.use_bias=1"): "model.use_bias: expected true or false, got 1",
+    ("model._target_=convlearn.models.bogus",): (
+        "model._target_: cannot import 'convlearn.models.bogus'; it must name an importable callable"
+    ),
+    ("model.activation=3",): "model.activation: expected a string, got 3",
+    ("data.height=1.5",): "data.height: expected an integer, got 1.5",
+    ("data.noise=-1",): "data.noise: must be >= 0, got -1",
+    ("+data.brightness=[1]",): "data.brightness: expected a list of 2 values, got [1]",
+    ("target.repeats=x",): "target.steps[1].n: expected an integer, got 'x'",
+    ("+target.steps.0.kernels.0.bogus=1",): (
+        "target.steps[0].kernels[0].bogus: unknown key; convlearn.kernels.edge_vertical takes no arguments"
+    ),
+    ("logger.scalar_every=0",): "logger.scalar_every: must be >= 1, got 0",
+    ("trainer.seed=null",): "trainer.seed: expected an integer, got None",
+}
+
+
+@pytest.mark.parametrize("overrides, message", CONFIG_CASES.items(), ids=[" ".join(k) for k in CONFIG_CASES])
+def test_config_mistake_is_named_in_one_line(make_cfg, overrides, message):
+    with pytest.raises(ConvlearnError) as caught:
+        validate(make_cfg(*overrides))
+    assert str(caught.value) == message
+
+
+def test_missing_values_and_required_arguments_are_named():
+    with pytest.raises(ConvlearnError) as caught:
+        validate(OmegaConf.create({"data": {"_target_": "convlearn.data.load_image", "path": "???"}}))
+    assert str(caught.value) == "data.path: no value given; set it on the command line (data.path=...)"
+    with pytest.raises(ConvlearnError) as caught:
+        validate(OmegaConf.create({"data": {"_target_": "convlearn.data.load_image"}}))
+    assert str(caught.value) == "data.path: missing; convlearn.data.load_image needs it (add data.path=...)"
+
+
+def test_the_shipped_configs_are_valid(make_cfg):
+    for overrides in [(), ("model=linear", "optimizer=sgd"), ("experiment=seed_notebook",)]:
+        validate(make_cfg(*overrides))
+
+
+def file_cfg(path):
+    """The tiny config reading ``path`` instead of generating an image."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        tiny = [o for o in TINY if not o.startswith("data.")]
+        return compose(config_name="train", overrides=[*tiny, "data=file", f"data.path={path}"])
+
+
+def input_cases(folder):
+    """Bad images and runs: file, overrides -> the exact message."""
+    np.save(folder / "nan.npy", np.full((40, 48), np.nan, np.float32))
+    np.save(folder / "flat.npy", np.ones((40, 48), np.float32))
+    np.save(folder / "text.npy", np.full((40, 48), "a"))
+    np.save(folder / "pickled.npy", np.array([{"a": 1}], dtype=object))
+    write_header_only(folder / "huge.npy", (100_000, 100_000), sparse=True)  # 80 GB on paper, no disk
+    write_header_only(folder / "truncated.npy", (40, 48), sparse=False)
+    return {
+        "nan.npy": f"data.path: {folder}/nan.npy contains NaN or infinite pixels",
+        "flat.npy": (
+            "target is constant over the compared region (variance 0), so rel_mse and PSNR are undefined; "
+            "use an image with some structure"
+        ),
+        "text.npy": f"data.path: {folder}/text.npy has non-numeric dtype <U1",
+        "pickled.npy": (
+            f"data.path: {folder}/pickled.npy holds pickled Python objects; convlearn only reads plain numeric "
+            "arrays (np.save without objects)"
+        ),
+        "missing.npy": f"data.path: no such file: {folder}/missing.npy",
+        "huge.npy": (
+            f"data.path: {folder}/huge.npy is too large: a 100000x100000 float64 image needs 111.8 GiB, "
+            "this machine has 16.0 GiB"
+        ),
+        "truncated.npy": (
+            f"data.path: {folder}/truncated.npy is truncated: its header promises 15360 bytes of data, the file holds 0"
+        ),
+    }
+
+
+def write_header_only(path, shape, sparse):
+    """An .npy header for float64 ``shape``; with ``sparse`` the data is a hole the size it claims."""
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, {"descr": "<f8", "fortran_order": False, "shape": shape})
+        if sparse:
+            file.truncate(file.tell() + 8 * int(np.prod(shape)))
+
+
+def test_bad_inputs_fail_before_training_and_leave_the_run_dir_empty(tmp_path, monkeypatch):
+    monkeypatch.setattr("convlearn.data._physical_memory", lambda: 16 * 2**30)
+    for name, message in input_cases(tmp_path).items():
+        run_dir = tmp_path / f"run-{name}"
+        with pytest.raises(ConvlearnError) as caught:
+            train(file_cfg(tmp_path / name), run_dir)
+        assert str(caught.value) == message
+        assert not run_dir.exists()
+
+
+def test_kernel_larger_than_the_image_is_refused(make_cfg, tmp_path):
+    with pytest.raises(ConvlearnError) as caught:
+        train(make_cfg("model=linear", "model.kernel_size=50"), tmp_path / "run")
+    assert str(caught.value) == "image is too small for the model: 40x48 pixels, but the model's receptive field is 50x50"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_dir_is_never_shared_and_resume_needs_a_checkpoint(make_cfg, tmp_path):
+    train(make_cfg("trainer.steps=2"), tmp_path)
+    with pytest.raises(ConvlearnError) as caught:
+        train(make_cfg("trainer.steps=2"), tmp_path)
+    assert str(caught.value) == (
+        f"hydra.run.dir: {tmp_path} already holds a run; continue it with trainer.resume=true or pick a new directory"
+    )
+    with pytest.raises(ConvlearnError) as caught:
+        train(make_cfg("trainer.resume=true"), tmp_path / "never-ran")
+    assert str(caught.value) == (
+        f"trainer.resume=true: no checkpoint in {tmp_path}/never-ran/checkpoints; "
+        "pass hydra.run.dir=<the directory of the run to resume>"
+    )
+
+
+def test_cli_prints_the_message_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *TINY, "optimizer.lr=-1", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "convlearn: error: optimizer.lr: must be > 0, got -1"
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "tb").exists()
+
+
+def test_cli_unknown_preset_lists_the_options_without_a_traceback(tmp_path):
+    # Hydra reports a config file that does not exist while composing, before convlearn runs.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "model=bogus", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Could not find 'model/bogus'" in result.stderr
+    assert "Available options in 'model':\n\tlinear\n\tseed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_picture_too_large_to_decode_safely_is_refused(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # as if the picture had billions of pixels
+    with pytest.raises(ConvlearnError) as caught:
+        train(file_cfg(tmp_path / "bomb.png"), tmp_path / "run")
+    assert str(caught.value) == (
+        f"data.path: cannot read image {tmp_path}/bomb.png: Image size (1920 pixels) exceeds limit of 200 pixels, "
+        "could be decompression bomb DOS attack."
+    )
+    assert not (tmp_path / "run").exists()
