@@ -26,6 +26,7 @@ from convlearn.checkpoints import Checkpoints
 from convlearn.geometry import Crops, Footprint, align
 from convlearn.models import footprint
 from convlearn.optim import current_lr
+from convlearn.perf import set_precision, set_threads
 from convlearn.targets import Pipeline
 
 
@@ -115,7 +116,12 @@ class Trainer:
         checkpoint_every: int = 100,
         keep_checkpoints: int = 2,
         resume: bool = False,
+        precision: Literal["float32", "bf16"] = "float32",
+        threads: tuple[int, int] | None = None,
     ) -> None:
+        # First, before any op and before the model is built: both are fixed from then on.
+        set_threads(threads)
+        set_precision(precision)
         self.steps = steps
         self.val_every = max(1, val_every)
         self.seed = seed

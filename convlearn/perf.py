@@ -1,0 +1,110 @@
+"""Runtime settings that decide how fast training runs, and the numbers that show how fast it is.
+
+Two settings must be applied before TensorFlow does any work: the size of its op thread pools
+(fixed once the runtime starts) and the Keras dtype policy (read when layers are built). The
+trainer applies both first thing, from ``trainer.threads`` and ``trainer.precision``. bfloat16
+only pays off on CPUs with bfloat16 instructions; elsewhere TensorFlow emulates it, slower than
+float32, so asking for it there is refused rather than quietly slowing the run down.
+
+The counting helpers (FLOPs of a conv stack, a plain matmul's GFLOP/s, peak memory) serve
+``scripts/benchmark.py``: they put a model's speed next to what the hardware can do.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from convlearn.errors import ConvlearnError
+from convlearn.models import conv_layers
+
+# trainer.precision -> Keras dtype policy. Variables stay float32 under the mixed policy.
+POLICIES = {"float32": "float32", "bf16": "mixed_bfloat16"}
+# CPU flags (as /proc/cpuinfo spells them) of instructions that compute in bfloat16.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags; empty where ``/proc/cpuinfo`` does not exist (not Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has bfloat16 arithmetic in hardware."""
+    return any(flag in cpu_flags() for flag in BF16_FLAGS)
+
+
+def set_precision(precision: str) -> None:
+    """Set the Keras dtype policy for models built from now on. ``bf16``: layers compute in
+    bfloat16 with float32 weights; the trainer keeps the loss and the metrics in float32."""
+    if precision not in POLICIES:
+        raise ConvlearnError(f"trainer.precision: must be one of {', '.join(POLICIES)}, got '{precision}'")
+    if precision == "bf16" and not bf16_supported():
+        raise ConvlearnError(
+            f"trainer.precision: 'bf16' needs a CPU with bfloat16 instructions ({' or '.join(BF16_FLAGS)} in "
+            "/proc/cpuinfo) and this one has none, so it would run slower than float32; use trainer.precision=float32"
+        )
+    keras.config.set_dtype_policy(POLICIES[precision])
+
+
+def set_threads(threads: Sequence[int] | None) -> None:
+    """Size TensorFlow's op thread pools: ``[intra, inter]`` (0: TensorFlow's choice, all cores);
+    ``None`` leaves them alone. The pools are fixed when TensorFlow runs its first op, so a
+    different size later in the same process is refused."""
+    if threads is None:
+        return
+    if len(threads) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in threads):
+        raise ConvlearnError(f"trainer.threads: must be [intra, inter] with integers >= 0 or null, got {list(threads)}")
+    intra, inter = threads
+    current = [tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads()]
+    if current == [intra, inter]:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:
+        raise ConvlearnError(
+            f"trainer.threads: TensorFlow already runs with {current} threads in this process; {[intra, inter]} "
+            "can only be set before its first op (run it in a new process)"
+        ) from None
+
+
+def training_flops(model: keras.Model, input_shape: Sequence[int]) -> int:
+    """FLOPs of one training step of a stack of Conv2D layers on ``(batch, height, width,
+    channels)`` inputs: ``2*kh*kw*cin*cout`` per output pixel forward, and about twice that again
+    backward (gradients of the inputs and of the kernels). Biases and activations are left out."""
+    shape = tuple(input_shape)
+    forward = 0
+    for layer in conv_layers(model):
+        out = tuple(layer.compute_output_shape(shape))
+        kh, kw = layer.kernel_size
+        forward += 2 * kh * kw * shape[-1] * out[-1] * out[0] * out[1] * out[2]
+        shape = out
+    return 3 * forward
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 10, dtype: tf.DType = tf.float32) -> float:
+    """GFLOP/s of a plain ``size``x``size`` matrix product: a practical ceiling for this machine."""
+    a = tf.random.stateless_uniform((size, size), seed=(1, 2), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    product = tf.function(lambda x: tf.matmul(x, x))
+    product(a).numpy()  # trace and warm up outside the timing
+    start = time.perf_counter()
+    for _ in range(repeats):
+        result = product(a)
+    result.numpy()
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
