@@ -184,6 +184,7 @@ def run_row(spec: dict) -> dict:
         "flops_per_step": perf.training_flops(model, tuple(inputs.shape)),
         "pixels_per_step": int(np.prod(inputs.shape[:3])),
         "peak_mem_mb": perf.peak_rss_mb(),
+        "threads": [tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads()],
     }
 
 
@@ -203,7 +204,12 @@ def _bare_loop(model: keras.Model, optimizer: keras.optimizers.Optimizer, train:
 def run_isolated(spec: dict, isolated: bool) -> dict:
     """``run_row`` in a fresh Python process (its own memory and thread pools), or here."""
     if not isolated:
-        return run_row(spec)
+        # A bf16 row must not leave its dtype policy to the rows after it in this process.
+        policy = keras.config.dtype_policy()
+        try:
+            return run_row(spec)
+        finally:
+            keras.config.set_dtype_policy(policy)
     done = subprocess.run(
         [sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True, check=False
     )
@@ -263,7 +269,7 @@ def main_rows(data: list[str], steps: int, bf16: bool, quick: bool) -> list[tupl
 def thread_settings(cores: int, quick: bool) -> list[list[int]]:
     """[intra, inter] pool sizes to try; [0, 0] is TensorFlow's default."""
     if quick:
-        return [[0, 0]]
+        return [[1, 1]]
     intra = sorted({1, max(1, cores // 2), cores})
     return [[0, 0], *[[i, j] for i in intra for j in (1, 2)]]
 
@@ -322,7 +328,8 @@ def benchmark(args: argparse.Namespace) -> dict:
     for threads in thread_settings(os.cpu_count() or 1, args.quick):
         spec = {"name": f"threads {threads}", "kind": "bare", "threads": threads,
                 "overrides": [*data, f"trainer.steps={min(steps, THREAD_SWEEP_STEPS)}", "trainer.progress=false"]}
-        sweep.append({"threads": threads, "steps_per_sec": steady_rate(run_isolated(spec, isolated=True)["times"])})
+        result = run_isolated(spec, isolated=True)
+        sweep.append({"threads": threads, "applied": result["threads"], "steps_per_sec": steady_rate(result["times"])})
     best = max(sweep, key=lambda entry: entry["steps_per_sec"])
     report["threads"] = {"results": sweep, "best": best["threads"]}
     print(f"threads [intra, inter]: best {best['threads']} at {best['steps_per_sec']:.1f} steps/s", flush=True)

@@ -1,0 +1,133 @@
+"""Performance settings (trainer.precision, trainer.threads), FLOP counting and scripts/benchmark.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT
+from convlearn import perf
+from convlearn.errors import ConvlearnError
+from convlearn.models import linear, sequential
+from convlearn.validation import validate
+from train import train
+
+SCRIPT = ROOT / "scripts" / "benchmark.py"
+
+
+@pytest.fixture
+def keep_policy():
+    """bf16 sets Keras' global dtype policy; later tests must get float32 models again."""
+    policy = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(policy)
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2 amx_bf16\n")
+    assert perf.cpu_flags(cpuinfo) == {"fpu", "avx2", "amx_bf16"}
+    assert perf.cpu_flags(tmp_path / "missing") == set()
+
+
+def test_bf16_trains_with_float32_weights_and_loss(make_cfg, tmp_path, monkeypatch, keep_policy):
+    monkeypatch.setattr(perf, "cpu_flags", lambda: {"avx512_bf16"})  # run the bf16 path on any CPU
+    summary = train(make_cfg("trainer.precision=bf16", "trainer.steps=4"), tmp_path)
+    assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    assert summary["status"] == "completed" and all(math.isfinite(loss) for loss in summary["losses"])
+    assert isinstance(summary["final_loss"], float) and summary["final_loss"] < summary["losses"][0] * 10
+    model = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert {layer.compute_dtype for layer in model.layers} == {"bfloat16"}
+    assert {w.dtype for w in model.weights} == {"float32"}
+    with np.load(tmp_path / "kernels.npz", allow_pickle=False) as kernels:
+        assert all(kernels[name].dtype == np.float32 for name in kernels.files)
+
+
+def test_bf16_is_refused_on_a_cpu_without_bf16(make_cfg, tmp_path, monkeypatch, keep_policy):
+    monkeypatch.setattr(perf, "cpu_flags", lambda: {"avx2"})
+    with pytest.raises(ConvlearnError, match=r"trainer\.precision: 'bf16' needs a CPU with bfloat16.*float32"):
+        train(make_cfg("trainer.precision=bf16"), tmp_path)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_precision_and_threads_values_are_checked(make_cfg):
+    with pytest.raises(ConvlearnError, match=r"trainer\.precision: must be one of 'float32', 'bf16', got 'fp16'"):
+        validate(make_cfg("trainer.precision=fp16"))
+    with pytest.raises(ConvlearnError, match=r"trainer\.threads.*\[intra, inter\].*\[2\]"):
+        perf.set_threads([2])
+
+
+def test_threads_apply_in_a_fresh_process_and_are_refused_once_tensorflow_runs():
+    code = (
+        "from convlearn.perf import set_threads; set_threads([1, 2]); import tensorflow as tf; "
+        "tf.constant(1.0) + 1.0; t = tf.config.threading; "
+        "print(t.get_intra_op_parallelism_threads(), t.get_inter_op_parallelism_threads())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1", "2"]
+    tf.constant(1.0) + 1.0  # this process's runtime has started
+    current = [tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads()]
+    perf.set_threads(current)  # the same sizes again: nothing to change, no error
+    perf.set_threads(None)
+    with pytest.raises(ConvlearnError, match=r"trainer\.threads: TensorFlow already runs with .* new process"):
+        perf.set_threads([current[0] + 3, current[1] + 3])
+
+
+def test_training_flops_count_every_conv_layer():
+    # 2x2 conv 1->2 on 5x6 gives 4x5; then 1x1 conv 2->3 on 4x5. Forward: 2*4*1*2*20 + 2*1*2*3*20.
+    model = sequential([dict(filters=2, kernel_size=2), dict(filters=3, kernel_size=1)])
+    assert perf.training_flops(model, (1, 5, 6, 1)) == 3 * (320 + 240)
+    assert perf.training_flops(linear(3), (2, 10, 12, 1)) == 3 * 2 * 9 * 80 * 2
+
+
+def test_rows_are_summarised_against_the_notebook(benchmark):
+    times = [1.0 + 0.1 * k for k in range(20)]  # a slow first step, then 10 steps/s
+    result = {"times": times, "quality": [1.0 / (k + 1) for k in range(20)], "target_variance": 2.0,
+              "flops_per_step": 4e9, "peak_mem_mb": 100.0}
+    row = benchmark.summarise("x", result, {"rate": 5.0, "rel_mse": 0.1}, matmul=80.0)
+    assert row["steps_per_sec"] == pytest.approx(10.0)
+    assert row["ratio_vs_notebook"] == pytest.approx(2.0)
+    assert row["seconds_to_notebook_quality"] == pytest.approx(times[4])  # quality 0.2 / variance 2 = 0.1
+    assert row["gflops_per_sec"] == pytest.approx(40.0) and row["fraction_of_matmul"] == pytest.approx(0.5)
+    never = benchmark.summarise("y", result, {"rate": 5.0, "rel_mse": 1e-3}, matmul=80.0)
+    assert never["seconds_to_notebook_quality"] is None
+
+
+def test_quick_benchmark_writes_every_field(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--scaling", "--out", str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    names = [row["name"] for row in report["rows"]]
+    assert names[:4] == ["notebook loop", "keras fit", "convlearn", "convlearn bare step"]
+    assert "experiment=fast" in names and ("convlearn bf16" in names) == report["machine"]["bf16"]
+    for row in report["rows"]:
+        assert set(row) >= {"name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook_quality", "peak_mem_mb",
+                            "flops_per_step", "gflops_per_sec", "final_rel_mse"}
+        assert row["steps"] == 6 and row["steps_per_sec"] > 0 and row["peak_mem_mb"] > 0 and row["flops_per_step"] > 0
+    notebook = report["rows"][0]
+    assert notebook["ratio_vs_notebook"] == 1.0 and notebook["seconds_to_notebook_quality"] == notebook["total_seconds"]
+    assert report["machine"]["matmul_gflops_float32"] > 0
+    assert report["threads"]["results"][0]["applied"] == report["threads"]["results"][0]["threads"] == [1, 1]
+    modes = {(entry["size"], entry["mode"].split()[0]) for entry in report["scaling"]}
+    assert modes == {(48, "full"), (48, "patches"), (64, "full"), (64, "patches"), (96, "patches")}
+    assert all(entry["ns_per_pixel"] > 0 and entry["peak_mem_mb"] > 0 for entry in report["scaling"])
+    assert "notebook loop" in done.stdout and "threads [intra, inter]: best [1, 1]" in done.stdout
