@@ -124,7 +124,7 @@ def test_quick_benchmark_writes_every_field(tmp_path):
                             "flops_per_step", "gflops_per_sec", "final_rel_mse"}
         assert row["steps"] == 6 and row["steps_per_sec"] > 0 and row["peak_mem_mb"] > 0 and row["flops_per_step"] > 0
     notebook = report["rows"][0]
-    assert notebook["ratio_vs_notebook"] == 1.0 and notebook["seconds_to_notebook_quality"] == notebook["total_seconds"]
+    assert notebook["ratio_vs_notebook"] == 1.0 and 0 < notebook["seconds_to_notebook_quality"] <= notebook["total_seconds"]
     assert report["machine"]["matmul_gflops_float32"] > 0
     assert report["threads"]["results"][0]["applied"] == report["threads"]["results"][0]["threads"] == [1, 1]
     modes = {(entry["size"], entry["mode"].split()[0]) for entry in report["scaling"]}
