@@ -42,6 +42,7 @@ from convlearn.config import build  # noqa: E402
 from convlearn.data import as_images, make_feed, shapes  # noqa: E402
 from convlearn.logs import hparams_from_config  # noqa: E402
 from convlearn.training import compiled_step, make_batch, mse, seed_everything  # noqa: E402
+from convlearn.validation import validate  # noqa: E402
 
 QUICK_DATA = ["data.height=48", "data.width=56", "data.n_circles=3", "data.n_squares=3", "data.min_size=4", "data.max_size=10"]
 QUICK_STEPS = 6
@@ -140,6 +141,7 @@ def run_row(spec: dict) -> dict:
     last step a final evaluation), so it can be compared with the notebook's final MSE."""
     perf.set_threads(spec.get("threads"))
     cfg = compose_config(spec["overrides"])
+    validate(cfg)
     trainer = build(cfg, "trainer")  # before the model: sets precision and threads
     images = as_images(build(cfg, "data"))
     target = build(cfg, "target")

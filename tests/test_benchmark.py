@@ -15,8 +15,10 @@ import tensorflow as tf
 
 from conftest import ROOT
 from convlearn import perf
+from convlearn.config import build
 from convlearn.errors import ConvlearnError
 from convlearn.models import linear, sequential
+from convlearn.optim import current_lr
 from convlearn.validation import validate
 from train import train
 
@@ -131,3 +133,18 @@ def test_quick_benchmark_writes_every_field(tmp_path):
     assert modes == {(48, "full"), (48, "patches"), (64, "full"), (64, "patches"), (96, "patches")}
     assert all(entry["ns_per_pixel"] > 0 and entry["peak_mem_mb"] > 0 for entry in report["scaling"])
     assert "notebook loop" in done.stdout and "threads [intra, inter]: best [1, 1]" in done.stdout
+
+
+def test_fast_preset_decays_its_learning_rate_to_zero_over_the_run(make_cfg):
+    cfg = make_cfg("experiment=fast", "trainer.steps=40")
+    validate(cfg)
+    optimizer = build(cfg, "optimizer")
+    assert optimizer.epsilon == pytest.approx(1e-10)
+
+    def rate_at(step: int) -> float:
+        optimizer.iterations.assign(step)
+        return current_lr(optimizer)
+
+    assert rate_at(cfg.optimizer.warmup_steps) == pytest.approx(cfg.optimizer.lr)
+    assert rate_at(20) < cfg.optimizer.lr and rate_at(40) == pytest.approx(0.0, abs=1e-9)
+    assert cfg.model._target_ == "convlearn.models.seed" and cfg.target.repeats == 5
