@@ -18,11 +18,13 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from convlearn.config import build
 from convlearn.errors import ConvlearnError
 from convlearn.summary import metrics, save_run
+from convlearn.sweep import check_objective, log_hparams, objective, record_failure, share_cores, swept_params
 from convlearn.training import make_batch, mse, seed_everything
 
 log = logging.getLogger("convlearn")
@@ -34,9 +36,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     seed_everything(trainer.seed, trainer.deterministic)
     image = build(cfg, "data")
     target = build(cfg, "target")
-    model = build(cfg, "model")
+    with trainer.scope():  # variables of a distributed model and its optimizer live on every device
+        model = build(cfg, "model")
+        optimizer = build(cfg, "optimizer")
     batch = make_batch(image, target, model)
-    optimizer = build(cfg, "optimizer")
     log.info(
         "%s on %s: image %dx%d, compared region %dx%d, %d weights",
         model.name, target.name, *image.shape, *batch.crops.shape, model.count_params(),
@@ -45,6 +48,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     with make_logger(log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg)) as logger:
         history = trainer.fit(model, optimizer, batch, logger)
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
+        if history.failure:
+            summary.update(status="failed", reason=history.failure)
+            log.warning("run failed: %s", history.failure)
         logger.pictures(history.steps, model)
     save_run(run_dir, model, summary)
     log.info(
@@ -56,13 +62,31 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Hydra's entry point; returns the final loss so that sweepers can minimise it."""
+    """Hydra's entry point; returns the ``objective`` metric (default: final loss) for sweepers.
+
+    In a sweep, a job stopped by a user mistake is recorded as failed in its ``metrics.json`` and,
+    like a diverged job, returns ``inf`` instead of raising, so that the other jobs and the sweeper
+    (Optuna aborts a search on the first raising trial) go on.
+    """
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        return train(cfg, Path(HydraConfig.get().runtime.output_dir))["final_loss"]
+        check_objective(cfg.objective)
+        threads = share_cores(hydra_cfg.launcher.get("n_jobs")) if in_sweep else None
+        if threads:
+            log.info("TensorFlow uses %d thread(s) per pool, sharing the cores with parallel jobs", threads)
+        summary = train(cfg, run_dir)
     except ConvlearnError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        sys.exit(f"convlearn: error: {err}")
+        if not in_sweep:
+            sys.exit(f"convlearn: error: {err}")
+        log.error("convlearn: error: %s", err)
+        summary = record_failure(run_dir, str(err))
+    if in_sweep:
+        log_hparams(run_dir / "tb", swept_params(hydra_cfg.overrides.task), summary)
+    return objective(summary, cfg.objective)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ the logger. The loss compares only the pixels the model and the target both cove
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from convlearn import distribute
 from convlearn.geometry import Crops, align
 from convlearn.models import footprint
 from convlearn.optim import current_lr
@@ -44,6 +47,7 @@ class History:
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     wall_seconds: float = 0.0
+    failure: str | None = None  # why training stopped early; None if it ran all its steps
 
     @property
     def steps(self) -> int:
@@ -67,14 +71,39 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-class Trainer:
-    """Runs ``steps`` optimizer steps of MSE on one batch (the notebook's full-frame training)."""
+def divergence(loss: float, step: int) -> str | None:
+    """Why training cannot go on after this step's loss, or None if it can.
 
-    def __init__(self, steps: int = 500, seed: int = 0, progress: bool = True, deterministic: bool = True) -> None:
+    A minimal stand-in for a fuller guard: a NaN or infinite loss never recovers, so a sweep's
+    diverging trial stops at once instead of spending its remaining steps.
+    """
+    return None if math.isfinite(loss) else f"loss diverged to {loss} at step {step}"
+
+
+class Trainer:
+    """Runs ``steps`` optimizer steps of MSE on one batch (the notebook's full-frame training).
+
+    With ``strategy="mirrored"`` every step runs data-parallel on all GPUs (or, without GPUs, all
+    logical CPU devices); the model and optimizer must then be built inside :meth:`scope`.
+    """
+
+    def __init__(
+        self,
+        steps: int = 500,
+        seed: int = 0,
+        progress: bool = True,
+        deterministic: bool = True,
+        strategy: str | None = None,
+    ) -> None:
         self.steps = steps
         self.seed = seed
         self.progress = progress
         self.deterministic = deterministic
+        self.distribution = distribute.make_strategy(strategy)
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        """Where model and optimizer variables must be created for this trainer's devices."""
+        return self.distribution.scope() if self.distribution else contextlib.nullcontext()
 
     def fit(
         self,
@@ -83,7 +112,10 @@ class Trainer:
         batch: Batch,
         logger: StepLogger | None = None,
     ) -> History:
-        step_fn = compiled_step(model, optimizer, batch.crops)
+        if self.distribution:
+            step_fn = distribute.distributed_step(self.distribution, model, optimizer, batch.crops)
+        else:
+            step_fn = compiled_step(model, optimizer, batch.crops)
         history = History()
         bar = tqdm(range(self.steps), desc="training", disable=not self.progress, mininterval=0.5, leave=False)
         start = time.perf_counter()
@@ -97,6 +129,9 @@ class Trainer:
                 logger.on_step(step, scalars, model)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
+            history.failure = divergence(loss, step)
+            if history.failure:
+                break
         history.wall_seconds = time.perf_counter() - start
         bar.close()
         return history
