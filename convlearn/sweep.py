@@ -75,7 +75,7 @@ def share_cores(n_jobs: int | None, cpus: int | None = None) -> int | None:
     keeps the first job's setting, which is the same for every job of a sweep, so nothing is done
     then and None is returned. Jobs run one at a time keep TensorFlow's defaults (all cores).
     """
-    cpus = cpus or os.cpu_count() or 1
+    cpus = cpus or len(os.sched_getaffinity(0))  # the cores this process may use, not the machine's
     jobs = parallel_jobs(n_jobs, cpus)
     if jobs == 1:
         return None

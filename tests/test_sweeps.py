@@ -77,7 +77,7 @@ def test_parallel_sweep_survives_a_diverging_job_and_a_user_mistake(tmp_path):
     assert too_small["status"] == "failed" and "image is too small" in too_small["reason"]
     assert "Traceback" not in result.stderr
     # Two jobs at a time on this machine's cores: each job's TensorFlow gets its share.
-    expected = threads_per_job(2, os.cpu_count())
+    expected = threads_per_job(2, len(os.sched_getaffinity(0)))
     assert f"TensorFlow uses {expected} thread(s) per pool" in (sweep_dir / "0" / "train.log").read_text()
 
 
