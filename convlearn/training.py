@@ -103,7 +103,7 @@ class Trainer:
 
     def scope(self) -> contextlib.AbstractContextManager:
         """Where model and optimizer variables must be created for this trainer's devices."""
-        return self.distribution.scope() if self.distribution else contextlib.nullcontext()
+        return self.distribution.scope() if self.distribution is not None else contextlib.nullcontext()
 
     def fit(
         self,
@@ -112,7 +112,7 @@ class Trainer:
         batch: Batch,
         logger: StepLogger | None = None,
     ) -> History:
-        if self.distribution:
+        if self.distribution is not None:
             step_fn = distribute.distributed_step(self.distribution, model, optimizer, batch.crops)
         else:
             step_fn = compiled_step(model, optimizer, batch.crops)
