@@ -22,10 +22,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from convlearn.config import build
+from convlearn.data import as_images, make_feed
 from convlearn.errors import ConvlearnError
 from convlearn.summary import metrics, save_run
 from convlearn.sweep import check_objective, log_hparams, objective, record_failure, share_cores, swept_params
-from convlearn.training import make_batch, mse, seed_everything
+from convlearn.training import mse, seed_everything
 
 log = logging.getLogger("convlearn")
 
@@ -34,20 +35,25 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Run one experiment into ``run_dir`` and return its summary (also in metrics.json)."""
     trainer = build(cfg, "trainer")
     seed_everything(trainer.seed, trainer.deterministic)
-    image = build(cfg, "data")
-    target = build(cfg, "target")
+    images = as_images(build(cfg, "data"))
+    # data=pairs brings its target images: no target transform is built.
+    target = None if images.given_targets else build(cfg, "target")
     with trainer.scope():  # variables of a distributed model and its optimizer live on every device
-        model = build(cfg, "model")
+        model = build(cfg, "model", **images.model_kwargs())
         optimizer = build(cfg, "optimizer")
-    batch = make_batch(image, target, model)
+    feed = make_feed(images, target, model, seed=trainer.seed)
+    batch = feed.preview
     log.info(
-        "%s on %s: image %dx%d, compared region %dx%d, %d weights",
-        model.name, target.name, *image.shape, *batch.crops.shape, model.count_params(),
+        "%s on %s: %d training and %d validation images, first %dx%d, compared region %dx%d, %d weights",
+        model.name, "given targets" if target is None else target.name, len(images.train), len(images.val),
+        *images.train[0].shape[:2], *feed.train.crops.shape, model.count_params(),
     )
     make_logger = build(cfg, "logger")
     with make_logger(log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg)) as logger:
-        history = trainer.fit(model, optimizer, batch, logger)
+        history = trainer.fit(model, optimizer, feed.train, logger, validation=feed.validation)
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
+        if history.val_losses:
+            summary["val_loss"] = history.val_losses[-1][1]
         if history.failure:
             summary.update(status="failed", reason=history.failure)
             log.warning("run failed: %s", history.failure)

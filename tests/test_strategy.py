@@ -15,6 +15,7 @@ from conftest import ROOT, TINY
 
 SCRIPT = """
 import json, sys
+import numpy as np
 import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
@@ -22,7 +23,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 from hydra import compose, initialize_config_dir
 from convlearn.config import build
-from convlearn.training import Batch, make_batch, seed_everything
+from convlearn.training import make_batch, seed_everything
 
 with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
     cfg = compose(config_name="train", overrides=sys.argv[2:])
@@ -36,10 +37,8 @@ def fit(strategy):
         model = build(cfg, "model")
         optimizer = build(cfg, "optimizer")
     # Two different images, so that each replica gets its own share of the batch.
-    parts = [make_batch(build(cfg, "data", seed=seed), target, model) for seed in (1, 2)]
-    batch = Batch(
-        tf.concat([part.inputs for part in parts], 0), tf.concat([part.targets for part in parts], 0), parts[0].crops
-    )
+    images = np.stack([build(cfg, "data", seed=seed) for seed in (1, 2)])[..., None]
+    batch = make_batch(images, target, model)
     history = trainer.fit(model, optimizer, batch)
     return {
         "losses": history.losses,
