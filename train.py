@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -24,15 +25,20 @@ from omegaconf import DictConfig, OmegaConf
 from convlearn.config import build
 from convlearn.data import as_images, make_feed
 from convlearn.errors import ConvlearnError
+from convlearn.logs import hparams_from_config
+from convlearn.report import write_summary_png
 from convlearn.summary import metrics, save_run
-from convlearn.sweep import check_objective, log_hparams, objective, record_failure, share_cores, swept_params
+from convlearn.sweep import check_objective, objective, record_failure, share_cores
 from convlearn.training import mse, seed_everything
 
 log = logging.getLogger("convlearn")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run one experiment into ``run_dir`` and return its summary (also in metrics.json)."""
+def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict:
+    """Run one experiment into ``run_dir`` and return its summary (also in metrics.json).
+
+    ``overrides`` (Hydra's ``key=value`` task overrides) become the run's hyperparameters in
+    TensorBoard's HPARAMS tab, next to the main choices."""
     trainer = build(cfg, "trainer")
     seed_everything(trainer.seed, trainer.deterministic)
     images = as_images(build(cfg, "data"))
@@ -48,8 +54,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         model.name, "given targets" if target is None else target.name, len(images.train), len(images.val),
         *images.train[0].shape[:2], *feed.train.crops.shape, model.count_params(),
     )
+    target_kernel = None if target is None else target.linear_kernel()
     make_logger = build(cfg, "logger")
-    with make_logger(log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg)) as logger:
+    with make_logger(
+        log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg),
+        hparams=hparams_from_config(cfg, overrides), target_kernel=target_kernel,
+    ) as logger:
         history = trainer.fit(model, optimizer, feed.train, logger, validation=feed.validation)
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
         if history.val_losses:
@@ -57,8 +67,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         if history.failure:
             summary.update(status="failed", reason=history.failure)
             log.warning("run failed: %s", history.failure)
-        logger.pictures(history.steps, model)
+        logger.on_end(history.steps, model, summary)
     save_run(run_dir, model, summary)
+    write_summary_png(run_dir / "summary.png", summary["losses"], batch, model, target_kernel)
     log.info(
         "final loss %.4g, rel_mse %.4g, PSNR %.1f dB, %.1f steps/s -> %s",
         summary["final_loss"], summary["rel_mse"], summary["psnr_db"], summary["steps_per_sec"], run_dir,
@@ -82,7 +93,7 @@ def main(cfg: DictConfig) -> float:
         threads = share_cores(hydra_cfg.launcher.get("n_jobs")) if in_sweep else None
         if threads:
             log.info("TensorFlow uses %d thread(s) per pool, sharing the cores with parallel jobs", threads)
-        summary = train(cfg, run_dir)
+        summary = train(cfg, run_dir, hydra_cfg.overrides.task)
     except ConvlearnError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -90,8 +101,6 @@ def main(cfg: DictConfig) -> float:
             sys.exit(f"convlearn: error: {err}")
         log.error("convlearn: error: %s", err)
         summary = record_failure(run_dir, str(err))
-    if in_sweep:
-        log_hparams(run_dir / "tb", swept_params(hydra_cfg.overrides.task), summary)
     return objective(summary, cfg.objective)
 
 

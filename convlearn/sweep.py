@@ -2,20 +2,18 @@
 
 A sweeper minimises the number ``train.py`` returns, so this module picks that number (the
 ``objective`` metric, or :data:`FAILED` for a job that failed), records a failed job in its
-``metrics.json`` so that the sweep goes on, sizes TensorFlow's thread pools so that jobs run in
-parallel do not fight over the cores, and writes each job's swept values to TensorBoard's HPARAMS
-tab so that a whole sweep can be compared in one view.
+``metrics.json`` so that the sweep goes on, and sizes TensorFlow's thread pools so that jobs run
+in parallel do not fight over the cores.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import tensorflow as tf
-from tensorboard.plugins.hparams import api as hparams_api
 
 from convlearn.errors import ConvlearnError
 from convlearn.summary import write_json
@@ -86,39 +84,3 @@ def share_cores(n_jobs: int | None, cpus: int | None = None) -> int | None:
     except RuntimeError:
         return None
     return threads
-
-
-def swept_params(overrides: Sequence[str]) -> dict[str, str | float | bool]:
-    """A job's command-line overrides (``key=value``) as HPARAMS values.
-
-    Hydra's own settings and deletions (``~key``) are no hyperparameters and are left out.
-    """
-    params: dict[str, str | float | bool] = {}
-    for override in overrides:
-        key, _, value = override.partition("=")
-        key = key.lstrip("+")
-        if key.startswith(("hydra", "~")):
-            continue
-        params[key] = _scalar(value)
-    return params
-
-
-def _scalar(text: str) -> str | float | bool:
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def log_hparams(log_dir: Path, params: Mapping[str, str | float | bool], summary: Mapping) -> None:
-    """Put a job in TensorBoard's HPARAMS tab: its swept values, status and final metrics."""
-    writer = tf.summary.create_file_writer(str(log_dir))
-    with writer.as_default(step=0):
-        hparams_api.hparams({**params, "status": str(summary.get("status", "unknown"))})
-        for name in (*OBJECTIVES, "psnr_db"):
-            value = summary.get(name)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                tf.summary.scalar(f"hparams/{name}", value)
-    writer.close()

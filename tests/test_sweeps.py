@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import ROOT, TINY
 from convlearn.errors import ConvlearnError
-from convlearn.sweep import FAILED, objective, parallel_jobs, swept_params, threads_per_job
+from convlearn.sweep import FAILED, objective, parallel_jobs, threads_per_job
 from scripts.sweep_report import report
 
 # Fewer steps and pictures than TINY: a sweep runs several jobs in one test.
@@ -110,8 +110,3 @@ def test_objective_is_the_chosen_metric_and_failures_are_worst():
 def test_parallel_jobs_and_threads_share_the_cores():
     assert [parallel_jobs(n, cpus=8) for n in (None, 1, 3, -1, -2, -20)] == [1, 1, 3, 8, 7, 1]
     assert [threads_per_job(jobs, cpus=8) for jobs in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
-
-
-def test_swept_params_leave_out_hydra_settings():
-    overrides = ["optimizer.lr=0.001", "model=linear", "+extra=true", "hydra/launcher=parallel", "~logger"]
-    assert swept_params(overrides) == {"optimizer.lr": 0.001, "model": "linear", "extra": True}
