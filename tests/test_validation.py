@@ -13,7 +13,7 @@ from convlearn.errors import ConvlearnError
 from convlearn.validation import validate
 from train import train
 
-TRAINER_KEYS = "checkpoint_every, deterministic, keep_checkpoints, on_nonfinite, progress, resume, seed, steps, val_every"
+TRAINER_KEYS = "checkpoint_every, deterministic, keep_checkpoints, on_nonfinite, progress, resume, seed, steps, strategy, val_every"
 
 # Mistakes the config check finds before anything is built: overrides -> the exact message.
 CONFIG_CASES = {
