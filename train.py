@@ -21,6 +21,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from convlearn.checkpoints import claim_run_dir
@@ -30,6 +31,7 @@ from convlearn.errors import ConvlearnError
 from convlearn.logs import hparams_from_config
 from convlearn.report import write_summary_png
 from convlearn.summary import metrics, save_run, target_stats
+from convlearn.sweep import check_objective, objective, record_failure, share_cores
 from convlearn.training import mse, seed_everything
 from convlearn.validation import validate
 
@@ -47,11 +49,12 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
     images = as_images(build(cfg, "data"))
     # data=pairs brings its target images: no target transform is built.
     target = None if images.given_targets else build(cfg, "target")
-    model = build(cfg, "model", **images.model_kwargs())
+    with trainer.scope():  # variables of a distributed model and its optimizer live on every device
+        model = build(cfg, "model", **images.model_kwargs())
+        optimizer = build(cfg, "optimizer")
     feed = make_feed(images, target, model, seed=trainer.seed)
     batch = feed.preview
     target_stats(batch.targets.numpy())  # a constant target is refused now, not after training
-    optimizer = build(cfg, "optimizer")
     log.info(
         "%s on %s: %d training and %d validation images, first %dx%d, compared region %dx%d, %d weights",
         model.name, "given targets" if target is None else target.name, len(images.train), len(images.val),
@@ -88,23 +91,37 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Hydra's entry point; returns the final loss so that sweepers can minimise it."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    """Hydra's entry point; returns the ``objective`` metric (default: final loss) for sweepers.
+
+    In a sweep, a job stopped by a user mistake is recorded as failed in its ``metrics.json`` and,
+    like a diverged job, returns ``inf`` instead of raising, so that the other jobs and the sweeper
+    (Optuna aborts a search on the first raising trial) go on.
+    """
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        summary = train(cfg, run_dir, HydraConfig.get().overrides.task)
+        check_objective(cfg.objective)
+        threads = share_cores(hydra_cfg.launcher.get("n_jobs")) if in_sweep else None
+        if threads:
+            log.info("TensorFlow uses %d thread(s) per pool, sharing the cores with parallel jobs", threads)
+        summary = train(cfg, run_dir, hydra_cfg.overrides.task)
     except ConvlearnError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        sys.exit(f"convlearn: error: {err}")
+        if not in_sweep:
+            sys.exit(f"convlearn: error: {err}")
+        log.error("convlearn: error: %s", err)
+        summary = record_failure(run_dir, str(err))
     if summary["status"] == "interrupted":
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
+        overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
         print(
             f"convlearn: interrupted at step {summary['stopped_step']}; checkpoint saved to {summary['checkpoint']}; "
             f"continue with: python train.py {' '.join([*overrides, 'trainer.resume=true', f'hydra.run.dir={run_dir}'])}",
             file=sys.stderr,
         )
         sys.exit(130)  # the shell's code for "ended by Ctrl-C"
-    return summary["final_loss"] if summary["status"] == "completed" else float("nan")
+    return objective(summary, cfg.objective)
 
 
 if __name__ == "__main__":

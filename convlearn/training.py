@@ -8,6 +8,7 @@ compares only the pixels the model and the target both cover (see :mod:`convlear
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import threading
@@ -22,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from convlearn import distribute
 from convlearn.checkpoints import Checkpoints
 from convlearn.geometry import Crops, Footprint, align
 from convlearn.models import footprint
@@ -103,6 +105,9 @@ class Trainer:
     when it stops, and at the end; ``resume`` continues from the newest checkpoint there. A
     non-finite loss or gradient never reaches the weights: ``on_nonfinite='stop'`` ends the run
     with the weights that step started from, ``'skip'`` records the step and goes on.
+
+    With ``strategy="mirrored"`` every step runs data-parallel on all GPUs (or, without GPUs, all
+    logical CPU devices); the model and optimizer must then be built inside :meth:`scope`.
     """
 
     def __init__(
@@ -116,6 +121,7 @@ class Trainer:
         checkpoint_every: int = 100,
         keep_checkpoints: int = 2,
         resume: bool = False,
+        strategy: str | None = None,
         precision: Literal["float32", "bf16"] = "float32",
         threads: tuple[int, int] | None = None,
     ) -> None:
@@ -135,6 +141,12 @@ class Trainer:
         # draws what the uninterrupted run would have drawn.
         self.rng = tf.random.Generator.from_seed(seed)
 
+        self.distribution = distribute.make_strategy(strategy)
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        """Where model and optimizer variables must be created for this trainer's devices."""
+        return self.distribution.scope() if self.distribution is not None else contextlib.nullcontext()
+
     def fit(
         self,
         model: keras.Model,
@@ -148,7 +160,10 @@ class Trainer:
         ``(inputs, targets)`` batches (random patches). With ``validation`` batches, their mean MSE
         is recorded every ``val_every`` steps and at the end, and logged as ``val_loss``. With
         ``checkpoint_dir``, checkpoints go there and ``resume`` starts from the newest one."""
-        step_fn = compiled_step(model, optimizer, batch.crops)
+        if self.distribution is not None:
+            step_fn = distribute.distributed_step(self.distribution, model, optimizer, batch.crops)
+        else:
+            step_fn = compiled_step(model, optimizer, batch.crops)
         # Full-frame training shows the model the same batch at every step.
         feed = itertools.repeat((batch.inputs, batch.targets)) if isinstance(batch, Batch) else iter(batch)
         checkpoints = None

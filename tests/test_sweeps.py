@@ -1,0 +1,112 @@
+"""Sweeps end to end: ``train.py -m`` with the basic, parallel and Optuna sweepers on tiny runs."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, TINY
+from convlearn.errors import ConvlearnError
+from convlearn.sweep import FAILED, objective, parallel_jobs, threads_per_job
+from scripts.sweep_report import report
+
+# Fewer steps and pictures than TINY: a sweep runs several jobs in one test.
+QUICK = [*TINY, "trainer.steps=5", "logger.image_every=0"]
+
+
+def sweep(sweep_dir, *overrides):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", *QUICK, *overrides, f"hydra.sweep.dir={sweep_dir}"],
+        capture_output=True, text=True, cwd=sweep_dir.parent, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def metrics(job_dir):
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def test_grid_sweep_runs_every_job_and_the_report_ranks_them(tmp_path):
+    sweep_dir = tmp_path / "grid"
+    sweep(sweep_dir, "optimizer.lr=1e-3,3e-3", "model=seed,linear")
+
+    jobs = sorted(path for path in sweep_dir.iterdir() if path.is_dir())
+    assert [job.name for job in jobs] == ["0", "1", "2", "3"]
+    losses = {}
+    for job in jobs:
+        result = metrics(job)
+        assert result["status"] == "completed" and result["steps"] == 5
+        overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
+        losses[job.name] = (result["final_loss"], [o for o in overrides if o.startswith(("optimizer.lr", "model="))])
+        events = EventAccumulator(str(job / "tb"))
+        events.Reload()
+        assert "loss" in events.Tags()["tensors"]
+        # The HPARAMS plugin's session record, written next to the run's own events.
+        assert "_hparams_/session_start_info" in events.Tags()["tensors"]
+    assert len({loss for loss, _ in losses.values()}) == 4
+
+    header, *cells = report(sweep_dir)
+    assert header[:5] == ["job", "status", "final_loss", "optimizer.lr", "model"]
+    ranked = sorted(losses, key=lambda name: losses[name][0])
+    assert [row[0] for row in cells] == ranked
+    assert [float(row[2]) for row in cells] == pytest.approx(sorted(loss for loss, _ in losses.values()), rel=1e-5)
+    for row in cells:
+        assert [f"optimizer.lr={row[3]}", f"model={row[4]}"] == losses[row[0]][1]
+    csv_rows = (sweep_dir / "report.csv").read_text().splitlines()
+    assert len(csv_rows) == 5 and csv_rows[1].startswith(f"{ranked[0]},completed,")
+    assert (sweep_dir / "report.md").read_text().count("\n") == 6
+    for name in ["optimizer.lr", "model"]:
+        assert (sweep_dir / f"objective_vs_{name}.png").stat().st_size > 1000
+
+
+def test_parallel_sweep_survives_a_diverging_job_and_a_user_mistake(tmp_path):
+    sweep_dir = tmp_path / "bad"
+    result = sweep(sweep_dir, "hydra/launcher=parallel", "optimizer.lr=1e-3,1e9", "data.height=40,15")
+
+    good, diverged, too_small, _ = (metrics(sweep_dir / str(n)) for n in range(4))
+    assert good["status"] == "completed" and math.isfinite(good["final_loss"])
+    assert diverged["status"] == "failed" and "non-finite loss" in diverged["reason"]
+    assert diverged["steps"] < 5  # stopped early instead of running out its steps
+    assert too_small["status"] == "failed" and "image is too small" in too_small["reason"]
+    assert "Traceback" not in result.stderr
+    # Two jobs at a time on this machine's cores: each job's TensorFlow gets its share.
+    expected = threads_per_job(2, len(os.sched_getaffinity(0)))
+    assert f"TensorFlow uses {expected} thread(s) per pool" in (sweep_dir / "0" / "train.log").read_text()
+
+
+def test_optuna_search_finds_the_best_of_its_trials(tmp_path):
+    sweep_dir = tmp_path / "optuna"
+    sweep(sweep_dir, "hparams_search=seed_optuna", "hydra.sweeper.n_trials=3")
+
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert set(best.best_params) == {"optimizer.lr", "model.width", "model.blur_layers", "model.activation"}
+    trials = {job.name: metrics(job) for job in sweep_dir.iterdir() if job.is_dir()}
+    assert len(trials) == 3 and all(trial["status"] == "completed" for trial in trials.values())
+    best_job = min(trials, key=lambda name: trials[name]["final_loss"])
+    assert best.best_value == pytest.approx(trials[best_job]["final_loss"])
+    chosen = OmegaConf.load(sweep_dir / best_job / ".hydra" / "config.yaml")
+    assert chosen.model.width == best.best_params["model.width"]
+    assert chosen.model.activation == best.best_params["model.activation"]
+    assert 1e-4 <= chosen.optimizer.lr <= 3e-2
+
+
+def test_objective_is_the_chosen_metric_and_failures_are_worst():
+    summary = {"status": "completed", "final_loss": 0.5, "best_loss": 0.25, "rel_mse": 0.1}
+    assert objective(summary, "final_loss") == 0.5
+    assert objective(summary, "rel_mse") == 0.1
+    assert objective({**summary, "status": "failed"}, "final_loss") == FAILED == np.inf
+    assert objective({**summary, "final_loss": float("nan")}, "final_loss") == FAILED
+    with pytest.raises(ConvlearnError, match="objective: unknown metric 'psnr'; choose one of final_loss"):
+        objective(summary, "psnr")
+
+
+def test_parallel_jobs_and_threads_share_the_cores():
+    assert [parallel_jobs(n, cpus=8) for n in (None, 1, 3, -1, -2, -20)] == [1, 1, 3, 8, 7, 1]
+    assert [threads_per_job(jobs, cpus=8) for jobs in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
