@@ -1,0 +1,222 @@
+"""Kernel analysis: what single kernel a model computes, and the best any single kernel can do.
+
+The notebook asks whether the first layers "indeed extract the edges"; this module answers in
+numbers. :func:`effective_kernel` turns any model into one kernel (exactly for a stack of linear
+convs, the input gradient of one output pixel otherwise); :func:`lstsq_kernel` finds the best
+kernel of a given size in closed form; :func:`recovery_metrics` compares a trained model with a
+linear target's true kernel, and :class:`LeastSquares` is a trainer that solves a linear model
+instead of training it. Kernels are in cross-correlation order, like Keras' ``Conv2D``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from convlearn import geometry
+from convlearn.errors import ConvlearnError
+from convlearn.models import conv_layers, footprint
+from convlearn.targets import Pipeline, compose_kernels
+from convlearn.training import Batch, History, StepLogger, mse
+
+# Rows of the design matrix per QR update: large enough for fast BLAS, small enough to keep
+# memory flat on big images and kernels.
+CHUNK_ROWS = 8192
+
+
+def _dilated(kernel: np.ndarray, dilation: tuple[int, int]) -> np.ndarray:
+    """The kernel with ``dilation - 1`` zeros between its taps: what a dilated conv applies."""
+    rows, cols = kernel.shape[:2]
+    out = np.zeros(((rows - 1) * dilation[0] + 1, (cols - 1) * dilation[1] + 1, *kernel.shape[2:]))
+    out[:: dilation[0], :: dilation[1]] = kernel
+    return out
+
+
+def _is_linear_stack(model: keras.Model) -> bool:
+    convs = conv_layers(model)
+    return len(convs) == len(model.layers) and all(layer.activation is keras.activations.linear for layer in convs)
+
+
+def composed_kernel(model: keras.Model) -> np.ndarray:
+    """The single ``(rows, cols, in, out)`` kernel of a stack of linear convs (biases ignored).
+
+    Correlating with ``a`` then ``b`` is correlating with their full convolution; over several
+    channels the compositions are summed over the channels in between.
+    """
+    if not _is_linear_stack(model):
+        raise ConvlearnError(f"model '{model.name}': composed_kernel needs convs without activations only")
+    total = None
+    for layer in conv_layers(model):
+        kernel = _dilated(np.asarray(layer.kernel.numpy(), np.float64), tuple(layer.dilation_rate))
+        if total is None:
+            total = kernel
+            continue
+        rows, cols = total.shape[0] + kernel.shape[0] - 1, total.shape[1] + kernel.shape[1] - 1
+        out = np.zeros((rows, cols, total.shape[2], kernel.shape[3]))
+        for a, mid, b in np.ndindex(total.shape[2], total.shape[3], kernel.shape[3]):
+            out[:, :, a, b] += compose_kernels([total[:, :, a, mid], kernel[:, :, mid, b]])
+        total = out
+    return total
+
+
+def linearised_kernel(model: keras.Model, image: np.ndarray | None = None, channel: int = 0) -> np.ndarray:
+    """The gradient of the centre output pixel with respect to its receptive field: the kernel
+    the model applies to small changes of ``image`` (``(H, W)`` or ``(H, W, C)``) around that pixel.
+
+    Without an image the model is linearised at a zero input of twice its receptive field. For a
+    linear model this is its kernel exactly, whatever the image. Returns ``(rows, cols, in)``.
+    """
+    fp = footprint(model)
+    if image is None:
+        image = np.zeros((2 * fp.extent[0], 2 * fp.extent[1], model.input_shape[-1]))
+    image = np.asarray(image, np.float32)
+    inputs = tf.constant(image[None, ..., None] if image.ndim == 2 else image[None])
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = model(inputs, training=False)
+        centre = [size // 2 for size in outputs.shape[1:3]]
+        pixel = outputs[0, centre[0], centre[1], channel]
+    gradient = tape.gradient(pixel, inputs)[0].numpy().astype(np.float64)
+    # The pixel's receptive field starts half an extent before its (doubled) centre position.
+    start = [(fp.shift2[axis] + 2 * centre[axis] - (fp.extent[axis] - 1)) // 2 for axis in (0, 1)]
+    if min(start) < 0 or any(start[a] + fp.extent[a] > image.shape[a] for a in (0, 1)):
+        raise ConvlearnError(
+            f"linearised kernel: image {image.shape[0]}x{image.shape[1]} does not hold the centre pixel's "
+            f"receptive field {fp.extent[0]}x{fp.extent[1]}"
+        )
+    return gradient[start[0] : start[0] + fp.extent[0], start[1] : start[1] + fp.extent[1]]
+
+
+def effective_kernel(model: keras.Model, image: np.ndarray | None = None) -> np.ndarray:
+    """The 2-D kernel from input channel 0 to output channel 0: composed exactly for a linear
+    stack, linearised at the centre of ``image`` otherwise."""
+    if _is_linear_stack(model):
+        return composed_kernel(model)[:, :, 0, 0]
+    return linearised_kernel(model, image)[:, :, 0]
+
+
+def kernel_rel_error(learned: np.ndarray, true: np.ndarray) -> float:
+    """``||learned - true|| / ||true||`` with both kernels zero-padded, centred, to one size."""
+    shape = [max(a, b) for a, b in zip(learned.shape, true.shape)]
+    if any((s - a) % 2 or (s - b) % 2 for s, a, b in zip(shape, learned.shape, true.shape)):
+        raise ConvlearnError(
+            f"kernels {learned.shape} and {true.shape} cannot be centred on each other: their sizes "
+            "must differ by an even number"
+        )
+
+    def centred(kernel: np.ndarray) -> np.ndarray:
+        pad = [((s - k) // 2, (s - k) // 2) for s, k in zip(shape, kernel.shape)]
+        return np.pad(np.asarray(kernel, np.float64), pad)
+
+    return float(np.linalg.norm(centred(learned) - centred(true)) / np.linalg.norm(true))
+
+
+def lstsq_kernel(
+    image: np.ndarray, targets: np.ndarray, size: tuple[int, int], use_bias: bool = False
+) -> tuple[np.ndarray, float, float]:
+    """The ``size`` kernel (and bias) whose VALID correlation with ``image`` best fits ``targets``.
+
+    ``image`` is ``(H, W)`` and ``targets`` the ``(H - rows + 1, W - cols + 1)`` values wanted at
+    the kernel's VALID outputs. Solved in float64 by a chunked QR of ``[patches | targets]`` (im2col + least squares
+    without the whole design matrix in memory). Returns (kernel, bias, mean squared residual).
+    """
+    image = np.asarray(image, np.float64)
+    targets = np.asarray(targets, np.float64)
+    windows = np.lib.stride_tricks.sliding_window_view(image, size)
+    if windows.shape[:2] != targets.shape:
+        raise ConvlearnError(
+            f"least squares: a {size[0]}x{size[1]} kernel on a {image.shape[0]}x{image.shape[1]} image gives "
+            f"{windows.shape[0]}x{windows.shape[1]} outputs, but the targets are {targets.shape[0]}x{targets.shape[1]}"
+        )
+    patches = windows.reshape(-1, size[0] * size[1])
+    columns = [patches] + ([np.ones((len(patches), 1))] if use_bias else []) + [targets.reshape(-1, 1)]
+    unknowns = sum(c.shape[1] for c in columns) - 1
+    r = np.zeros((0, unknowns + 1))
+    for start in range(0, len(patches), CHUNK_ROWS):
+        # Only R of [X | y] is needed: X^T X = R^T R, so R of the stacked chunks is R of all rows.
+        block = np.hstack([c[start : start + CHUNK_ROWS] for c in columns])
+        r = np.linalg.qr(np.vstack([r, block]), mode="r")
+    solution = np.linalg.lstsq(r[:unknowns, :unknowns], r[:unknowns, unknowns], rcond=None)[0]
+    residual = r[unknowns, unknowns] ** 2 if r.shape[0] > unknowns else 0.0
+    kernel = solution[: size[0] * size[1]].reshape(size)
+    bias = float(solution[-1]) if use_bias else 0.0
+    return kernel, bias, float(residual / len(patches))
+
+
+def lstsq_fit(
+    image: np.ndarray, target: Pipeline, size: tuple[int, int], use_bias: bool = False
+) -> tuple[np.ndarray, float, float]:
+    """The best ``size`` kernel for ``target`` on ``image``, over the pixels a ``size`` VALID conv
+    and the target both cover (the same crop training uses). Returns (kernel, bias, MSE)."""
+    crops = geometry.align(geometry.conv(size), target.footprint, image.shape)
+    (model_rows, model_cols), (target_rows, target_cols) = crops.model, crops.target
+    # The model's cropped outputs are VALID outputs model_rows, i.e. input windows from there.
+    window = image[model_rows.start : model_rows.stop + size[0] - 1, model_cols.start : model_cols.stop + size[1] - 1]
+    return lstsq_kernel(window, target.apply(image)[target_rows, target_cols], size, use_bias)
+
+
+def recovery_metrics(model: keras.Model, target: Pipeline, image: np.ndarray) -> dict[str, float]:
+    """``kernel_rel_error`` of the model's effective kernel against a linear target's kernel,
+    and ``lstsq_rel_mse``: MSE over the target's variance of the best single kernel as large as
+    the model's receptive field. Empty for a non-linear target."""
+    true = target.linear_kernel()
+    if true is None:
+        return {}
+    image = np.asarray(image, np.float64)
+    extent = footprint(model).extent
+    _, _, residual = lstsq_fit(image, target, extent)
+    crops = geometry.align(geometry.conv(extent), target.footprint, image.shape)
+    variance = float(np.var(target.apply(image)[crops.target], dtype=np.float64))
+    return {
+        "kernel_rel_error": kernel_rel_error(effective_kernel(model, image), true),
+        "lstsq_rel_mse": residual / variance,
+    }
+
+
+class LeastSquares:
+    """A trainer that solves a one-layer linear model in closed form instead of training it.
+
+    Same interface as :class:`convlearn.training.Trainer`; the history holds one step, the loss
+    of the model before it was solved. The optimizer is not used.
+    """
+
+    def __init__(self, seed: int = 0, deterministic: bool = True) -> None:
+        self.seed = seed
+        self.deterministic = deterministic
+
+    def fit(
+        self,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        batch: Batch,
+        logger: StepLogger | None = None,
+    ) -> History:
+        convs = conv_layers(model)
+        if not (_is_linear_stack(model) and len(convs) == 1 and convs[0].padding == "valid"):
+            raise ConvlearnError(
+                f"trainer=lstsq: model '{model.name}' must be a single VALID conv without activation "
+                "(model=linear); train other models with trainer=default"
+            )
+        (layer,) = convs
+        if layer.kernel.shape[2:] != (1, 1) or tuple(layer.dilation_rate) != (1, 1):
+            raise ConvlearnError(
+                f"trainer=lstsq: model '{model.name}' must map 1 channel to 1 without dilation, got kernel "
+                f"{tuple(layer.kernel.shape)} dilation {tuple(layer.dilation_rate)}"
+            )
+        start = time.perf_counter()
+        history = History(losses=[mse(model, batch)])
+        if logger is not None:
+            logger.on_step(0, {"loss": history.losses[0]}, model)
+        size = tuple(layer.kernel_size)
+        rows, cols = batch.crops.model
+        image = batch.inputs.numpy()[0, :, :, 0]
+        window = image[rows.start : rows.stop + size[0] - 1, cols.start : cols.stop + size[1] - 1]
+        kernel, bias, _ = lstsq_kernel(window, batch.targets.numpy()[0, :, :, 0], size, layer.use_bias)
+        layer.kernel.assign(kernel[:, :, None, None].astype(layer.kernel.dtype))
+        if layer.use_bias:
+            layer.bias.assign(np.array([bias], layer.bias.dtype))
+        history.wall_seconds = time.perf_counter() - start
+        return history
