@@ -20,6 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from convlearn.analysis import recovery_metrics
 from convlearn.config import build
 from convlearn.errors import ConvlearnError
 from convlearn.summary import metrics, save_run
@@ -45,6 +46,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     with make_logger(log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg)) as logger:
         history = trainer.fit(model, optimizer, batch, logger)
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
+        summary.update(recovery_metrics(model, target, image))
         logger.pictures(history.steps, model)
     save_run(run_dir, model, summary)
     log.info(
