@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import keras
+import numpy as np
 
 from convlearn import geometry
 from convlearn.errors import ConvlearnError
@@ -37,6 +38,28 @@ class Magnitude(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "eps": self.eps}
+
+
+@keras.saving.register_keras_serializable(package="convlearn")
+class Delta(keras.initializers.Initializer):
+    """A conv kernel that passes channel ``i`` to channel ``i`` through its centre tap, plus
+    Gaussian noise of ``stddev``: a deep linear stack starts near the identity map, where gradient
+    descent splits a kernel across layers far more reliably than from random kernels."""
+
+    def __init__(self, stddev: float = 0.01, seed: int | None = None) -> None:
+        self.stddev = stddev
+        self.seed = seed
+        self.noise = keras.initializers.RandomNormal(stddev=stddev, seed=seed)
+
+    def __call__(self, shape: tuple, dtype: str | None = None):  # noqa: ANN204 (a Keras tensor)
+        rows, cols, inputs, outputs = shape
+        delta = np.zeros(shape)
+        for channel in range(min(inputs, outputs)):
+            delta[(rows - 1) // 2, (cols - 1) // 2, channel, channel] = 1.0
+        return self.noise(shape, dtype) + keras.ops.convert_to_tensor(delta, dtype=dtype)
+
+    def get_config(self) -> dict:
+        return {"stddev": self.stddev, "seed": self.seed}
 
 
 # Layer types a YAML layer list may name with ``type``; conv is the default.
@@ -108,17 +131,19 @@ def deep_linear(
     width: int = 1,
     kernel_size: int = 3,
     use_bias: bool = False,
-    kernel_initializer: str = "glorot_uniform",
+    kernel_initializer: str = "delta",
     channels: int = 1,
 ) -> keras.Sequential:
     """``depth`` linear convs of ``width`` filters (the last back to ``channels``).
 
     Its end-to-end map is still one kernel, of size ``depth * (kernel_size - 1) + 1``: the point
-    is to watch how gradient descent splits that kernel across layers.
+    is to watch how gradient descent splits that kernel across layers. ``kernel_initializer``:
+    ``delta`` (:class:`Delta`, near the identity) or any Keras initializer name.
     """
     if depth < 1 or width < 1:
         raise ConvlearnError(f"model 'deep_linear': depth and width must be >= 1, got depth={depth}, width={width}")
-    layer = dict(kernel_size=kernel_size, use_bias=use_bias, kernel_initializer=kernel_initializer)
+    initializer = Delta() if kernel_initializer == "delta" else kernel_initializer
+    layer = dict(kernel_size=kernel_size, use_bias=use_bias, kernel_initializer=initializer)
     layers = [dict(layer, filters=width) for _ in range(depth - 1)] + [dict(layer, filters=channels)]
     return sequential(layers, channels, name="deep_linear")
 
