@@ -146,16 +146,25 @@ def lstsq_kernel(
     return kernel, bias, float(residual / len(patches))
 
 
+def _windows_for(image: np.ndarray, outputs: tuple[slice, slice], size: tuple[int, int]) -> np.ndarray:
+    """The input pixels that a ``size`` VALID conv reads to produce ``outputs`` (rows, cols)."""
+    rows, cols = outputs
+    return image[rows.start : rows.stop + size[0] - 1, cols.start : cols.stop + size[1] - 1]
+
+
+def _aligned(image: np.ndarray, target: Pipeline, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Input window and target values over the pixels a ``size`` VALID conv and the target both
+    cover (the crop training uses)."""
+    crops = geometry.align(geometry.conv(size), target.footprint, image.shape)
+    return _windows_for(image, crops.model, size), target.apply(image)[crops.target]
+
+
 def lstsq_fit(
     image: np.ndarray, target: Pipeline, size: tuple[int, int], use_bias: bool = False
 ) -> tuple[np.ndarray, float, float]:
-    """The best ``size`` kernel for ``target`` on ``image``, over the pixels a ``size`` VALID conv
-    and the target both cover (the same crop training uses). Returns (kernel, bias, MSE)."""
-    crops = geometry.align(geometry.conv(size), target.footprint, image.shape)
-    (model_rows, model_cols), (target_rows, target_cols) = crops.model, crops.target
-    # The model's cropped outputs are VALID outputs model_rows, i.e. input windows from there.
-    window = image[model_rows.start : model_rows.stop + size[0] - 1, model_cols.start : model_cols.stop + size[1] - 1]
-    return lstsq_kernel(window, target.apply(image)[target_rows, target_cols], size, use_bias)
+    """The best ``size`` kernel for ``target`` on the ``(H, W)`` ``image``, over the pixels the
+    kernel and the target both cover. Returns (kernel, bias, MSE)."""
+    return lstsq_kernel(*_aligned(np.asarray(image, np.float64), target, size), size, use_bias)
 
 
 def recovery_metrics(model: keras.Model, target: Pipeline, image: np.ndarray) -> dict[str, float]:
@@ -170,12 +179,11 @@ def recovery_metrics(model: keras.Model, target: Pipeline, image: np.ndarray) ->
     # A kernel larger than the true one fits no better (both fit exactly), so solve the smaller
     # problem: a 22x22 receptive field would otherwise cost a 484-unknown least squares.
     size = tuple(min(e, t) for e, t in zip(footprint(model).extent, true.shape))
-    _, _, residual = lstsq_fit(image, target, size)
-    crops = geometry.align(geometry.conv(size), target.footprint, image.shape)
-    variance = float(np.var(target.apply(image)[crops.target], dtype=np.float64))
+    window, targets = _aligned(image, target, size)
+    _, _, residual = lstsq_kernel(window, targets, size)
     return {
         "kernel_rel_error": kernel_rel_error(effective_kernel(model, image), true),
-        "lstsq_rel_mse": residual / variance,
+        "lstsq_rel_mse": residual / float(np.var(targets, dtype=np.float64)),
     }
 
 
@@ -214,9 +222,7 @@ class LeastSquares:
         if logger is not None:
             logger.on_step(0, {"loss": history.losses[0]}, model)
         size = tuple(layer.kernel_size)
-        rows, cols = batch.crops.model
-        image = batch.inputs.numpy()[0, :, :, 0]
-        window = image[rows.start : rows.stop + size[0] - 1, cols.start : cols.stop + size[1] - 1]
+        window = _windows_for(batch.inputs.numpy()[0, :, :, 0], batch.crops.model, size)
         kernel, bias, _ = lstsq_kernel(window, batch.targets.numpy()[0, :, :, 0], size, layer.use_bias)
         layer.kernel.assign(kernel[:, :, None, None].astype(layer.kernel.dtype))
         if layer.use_bias:

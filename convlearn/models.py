@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from convlearn import geometry
 from convlearn.errors import ConvlearnError
@@ -30,7 +31,7 @@ class Magnitude(keras.layers.Layer):
         super().__init__(**kwargs)
         self.eps = eps
 
-    def call(self, inputs):  # noqa: ANN001, ANN201 (Keras tensors)
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         return keras.ops.sqrt(keras.ops.sum(keras.ops.square(inputs), axis=-1, keepdims=True) + self.eps)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
@@ -51,7 +52,7 @@ class Delta(keras.initializers.Initializer):
         self.seed = seed
         self.noise = keras.initializers.RandomNormal(stddev=stddev, seed=seed)
 
-    def __call__(self, shape: tuple, dtype: str | None = None):  # noqa: ANN204 (a Keras tensor)
+    def __call__(self, shape: tuple, dtype: str | None = None) -> tf.Tensor:
         rows, cols, inputs, outputs = shape
         delta = np.zeros(shape)
         for channel in range(min(inputs, outputs)):
