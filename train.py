@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -22,33 +23,50 @@ from omegaconf import DictConfig, OmegaConf
 
 from convlearn.analysis import recovery_metrics
 from convlearn.config import build
+from convlearn.data import as_images, make_feed
 from convlearn.errors import ConvlearnError
+from convlearn.logs import hparams_from_config
+from convlearn.report import write_summary_png
 from convlearn.summary import metrics, save_run
-from convlearn.training import make_batch, mse, seed_everything
+from convlearn.training import mse, seed_everything
 
 log = logging.getLogger("convlearn")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run one experiment into ``run_dir`` and return its summary (also in metrics.json)."""
+def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict:
+    """Run one experiment into ``run_dir`` and return its summary (also in metrics.json).
+
+    ``overrides`` (Hydra's ``key=value`` task overrides) become the run's hyperparameters in
+    TensorBoard's HPARAMS tab, next to the main choices."""
     trainer = build(cfg, "trainer")
     seed_everything(trainer.seed, trainer.deterministic)
-    image = build(cfg, "data")
-    target = build(cfg, "target")
-    model = build(cfg, "model")
-    batch = make_batch(image, target, model)
+    images = as_images(build(cfg, "data"))
+    # data=pairs brings its target images: no target transform is built.
+    target = None if images.given_targets else build(cfg, "target")
+    model = build(cfg, "model", **images.model_kwargs())
+    feed = make_feed(images, target, model, seed=trainer.seed)
+    batch = feed.preview
     optimizer = build(cfg, "optimizer")
     log.info(
-        "%s on %s: image %dx%d, compared region %dx%d, %d weights",
-        model.name, target.name, *image.shape, *batch.crops.shape, model.count_params(),
+        "%s on %s: %d training and %d validation images, first %dx%d, compared region %dx%d, %d weights",
+        model.name, "given targets" if target is None else target.name, len(images.train), len(images.val),
+        *images.train[0].shape[:2], *feed.train.crops.shape, model.count_params(),
     )
+    target_kernel = None if target is None else target.linear_kernel()
     make_logger = build(cfg, "logger")
-    with make_logger(log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg)) as logger:
-        history = trainer.fit(model, optimizer, batch, logger)
+    with make_logger(
+        log_dir=run_dir / "tb", batch=batch, config_text=OmegaConf.to_yaml(cfg),
+        hparams=hparams_from_config(cfg, overrides), target_kernel=target_kernel,
+    ) as logger:
+        history = trainer.fit(model, optimizer, feed.train, logger, validation=feed.validation)
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
-        summary.update(recovery_metrics(model, target, image))
-        logger.pictures(history.steps, model)
+        if history.val_losses:
+            summary["val_loss"] = history.val_losses[-1][1]
+        if target is not None:
+            summary.update(recovery_metrics(model, target, batch.inputs.numpy()[0]))
+        logger.on_end(history.steps, model, summary)
     save_run(run_dir, model, summary)
+    write_summary_png(run_dir / "summary.png", summary["losses"], batch, model, target_kernel)
     log.info(
         "final loss %.4g, rel_mse %.4g, PSNR %.1f dB, %.1f steps/s -> %s",
         summary["final_loss"], summary["rel_mse"], summary["psnr_db"], summary["steps_per_sec"], run_dir,
@@ -60,7 +78,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 def main(cfg: DictConfig) -> float:
     """Hydra's entry point; returns the final loss so that sweepers can minimise it."""
     try:
-        return train(cfg, Path(HydraConfig.get().runtime.output_dir))["final_loss"]
+        hydra_cfg = HydraConfig.get()
+        return train(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task)["final_loss"]
     except ConvlearnError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -11,6 +11,7 @@ instead of training it. Kernels are in cross-correlation order, like Keras' ``Co
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 
 import keras
 import numpy as np
@@ -115,21 +116,24 @@ def kernel_rel_error(learned: np.ndarray, true: np.ndarray) -> float:
 
 
 def lstsq_kernel(
-    image: np.ndarray, targets: np.ndarray, size: tuple[int, int], use_bias: bool = False
+    images: np.ndarray, targets: np.ndarray, size: tuple[int, int], use_bias: bool = False
 ) -> tuple[np.ndarray, float, float]:
-    """The ``size`` kernel (and bias) whose VALID correlation with ``image`` best fits ``targets``.
+    """The ``size`` kernel (and bias) whose VALID correlation with ``images`` best fits ``targets``.
 
-    ``image`` is ``(H, W)`` and ``targets`` the ``(H - rows + 1, W - cols + 1)`` values wanted at
-    the kernel's VALID outputs. Solved in float64 by a chunked QR of ``[patches | targets]`` (im2col + least squares
-    without the whole design matrix in memory). Returns (kernel, bias, mean squared residual).
+    ``images`` is one ``(H, W)`` image or a stack ``(N, H, W)``, and ``targets`` the
+    ``(H - rows + 1, W - cols + 1)`` values wanted at the kernel's VALID outputs (stacked alike).
+    Solved in float64 by a chunked QR of ``[patches | targets]`` (im2col + least squares without
+    the whole design matrix in memory). Returns (kernel, bias, mean squared residual).
     """
-    image = np.asarray(image, np.float64)
+    images = np.asarray(images, np.float64)
     targets = np.asarray(targets, np.float64)
-    windows = np.lib.stride_tricks.sliding_window_view(image, size)
-    if windows.shape[:2] != targets.shape:
+    if images.ndim == 2:
+        images, targets = images[None], targets[None]
+    windows = np.lib.stride_tricks.sliding_window_view(images, size, axis=(1, 2))
+    if windows.shape[:3] != targets.shape:
         raise ConvlearnError(
-            f"least squares: a {size[0]}x{size[1]} kernel on a {image.shape[0]}x{image.shape[1]} image gives "
-            f"{windows.shape[0]}x{windows.shape[1]} outputs, but the targets are {targets.shape[0]}x{targets.shape[1]}"
+            f"least squares: a {size[0]}x{size[1]} kernel on {images.shape[1]}x{images.shape[2]} images gives "
+            f"{windows.shape[1]}x{windows.shape[2]} outputs, but the targets are {targets.shape[1]}x{targets.shape[2]}"
         )
     patches = windows.reshape(-1, size[0] * size[1])
     columns = [patches] + ([np.ones((len(patches), 1))] if use_bias else []) + [targets.reshape(-1, 1)]
@@ -147,9 +151,10 @@ def lstsq_kernel(
 
 
 def _windows_for(image: np.ndarray, outputs: tuple[slice, slice], size: tuple[int, int]) -> np.ndarray:
-    """The input pixels that a ``size`` VALID conv reads to produce ``outputs`` (rows, cols)."""
+    """The input pixels that a ``size`` VALID conv reads to produce ``outputs`` (rows, cols) of
+    ``image``, ``(H, W)`` or ``(N, H, W)``."""
     rows, cols = outputs
-    return image[rows.start : rows.stop + size[0] - 1, cols.start : cols.stop + size[1] - 1]
+    return image[..., rows.start : rows.stop + size[0] - 1, cols.start : cols.stop + size[1] - 1]
 
 
 def _aligned(image: np.ndarray, target: Pipeline, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -171,11 +176,12 @@ def recovery_metrics(model: keras.Model, target: Pipeline, image: np.ndarray) ->
     """``kernel_rel_error`` of the model's effective kernel against a linear target's kernel,
     and ``lstsq_rel_mse``: MSE over the target's variance of the best single kernel as large as
     the model's receptive field (the best any linear model of that size can do). Empty for a
-    non-linear target."""
+    non-linear target or an image of several channels. ``image``: ``(H, W)`` or ``(H, W, 1)``."""
     true = target.linear_kernel()
-    if true is None:
-        return {}
     image = np.asarray(image, np.float64)
+    if true is None or (image.ndim == 3 and image.shape[-1] != 1):
+        return {}
+    image = image.reshape(image.shape[:2])
     # A kernel larger than the true one fits no better (both fit exactly), so solve the smaller
     # problem: a 22x22 receptive field would otherwise cost a 484-unknown least squares.
     size = tuple(min(e, t) for e, t in zip(footprint(model).extent, true.shape))
@@ -194,7 +200,11 @@ class LeastSquares:
     of the model before it was solved. The optimizer is not used.
     """
 
-    def __init__(self, seed: int = 0, deterministic: bool = True) -> None:
+    def __init__(self, steps: int = 1, seed: int = 0, deterministic: bool = True) -> None:
+        # ``steps`` is there so that every trainer config has one (the HPARAMS table reads it).
+        if steps != 1:
+            raise ConvlearnError(f"trainer.steps: trainer=lstsq solves in exactly 1 step, got {steps}")
+        self.steps = steps
         self.seed = seed
         self.deterministic = deterministic
 
@@ -202,9 +212,17 @@ class LeastSquares:
         self,
         model: keras.Model,
         optimizer: keras.optimizers.Optimizer,
-        batch: Batch,
+        batch: Batch | Iterable,
         logger: StepLogger | None = None,
+        validation: Sequence[Batch] = (),
     ) -> History:
+        """Solve on the full-frame ``batch`` (all its images at once); ``validation`` batches get
+        their MSE recorded after the solve, as the trainer does at its last step."""
+        if not isinstance(batch, Batch):
+            raise ConvlearnError(
+                "trainer=lstsq: solves on whole images only, but the data come as random patches; "
+                "unset data.patch_size"
+            )
         convs = conv_layers(model)
         if not (_is_linear_stack(model) and len(convs) == 1 and convs[0].padding == "valid"):
             raise ConvlearnError(
@@ -222,10 +240,12 @@ class LeastSquares:
         if logger is not None:
             logger.on_step(0, {"loss": history.losses[0]}, model)
         size = tuple(layer.kernel_size)
-        window = _windows_for(batch.inputs.numpy()[0, :, :, 0], batch.crops.model, size)
-        kernel, bias, _ = lstsq_kernel(window, batch.targets.numpy()[0, :, :, 0], size, layer.use_bias)
+        window = _windows_for(batch.inputs.numpy()[..., 0], batch.crops.model, size)
+        kernel, bias, _ = lstsq_kernel(window, batch.targets.numpy()[..., 0], size, layer.use_bias)
         layer.kernel.assign(kernel[:, :, None, None].astype(layer.kernel.dtype))
         if layer.use_bias:
             layer.bias.assign(np.array([bias], layer.bias.dtype))
         history.wall_seconds = time.perf_counter() - start
+        if validation:
+            history.val_losses.append((1, float(np.mean([mse(model, v) for v in validation]))))
         return history

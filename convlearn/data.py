@@ -1,19 +1,40 @@
-"""Images to learn from.
+"""Images to learn from, and how they reach the trainer.
 
 The notebook trains on one picture of bright circles and squares. ``shapes`` draws pictures of
-that kind from a seed, so the project needs no download; ``load_image`` reads a user's own image
-(a 2-D ``.npy`` or a PNG/JPEG) as grayscale float32 in [0, 1].
+that kind from a seed, so the project needs no download. ``file``, ``folder`` and ``pairs`` read a
+user's images (``.npy`` without pickles, or PNG/JPEG...) into :class:`Images`: training and
+validation images, grayscale or RGB, normalised, and for ``pairs`` the given target images, so an
+unknown filter can be learned from before/after examples.
+
+:func:`make_feed` turns those into what the trainer consumes: one full-frame :class:`Batch` when
+the images are small (the notebook's way), or a :class:`Stream` of random patches from
+``tf.data`` when they are large, with the target computed on each patch so that memory does not
+grow with the image.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from convlearn.errors import ConvlearnError
+from convlearn.geometry import Crops, Footprint, align
+from convlearn.models import footprint
+from convlearn.targets import Pipeline
+from convlearn.training import Batch, make_batch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+CHANNELS = {"gray": 1, "rgb": 3}
+NORMALIZE = ("unit", "standard", "none")
+KERNELS = ("shared", "separate")
+# The logger's comparison picture and the final metrics use a centre crop of at most this size
+# of the first training image, so that they stay cheap on large images.
+PREVIEW_SIZE = 256
 
 
 def shapes(
@@ -58,31 +79,32 @@ def shapes(
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read a 2-D ``.npy`` array or an image file as float32 in [0, 1].
+def load_image(path: str | Path, channels: str = "gray", key: str = "data.path") -> np.ndarray:
+    """Read a ``.npy`` array or an image file as float32: ``(H, W)`` gray, ``(H, W, 3)`` rgb.
 
     ``.npy`` files are read without pickles, so an untrusted file cannot run code; their values
-    are used as they are. Image files are converted to grayscale and scaled by their bit depth.
+    are used as they are. Image files are converted to grayscale or RGB and scaled by their bit
+    depth to [0, 1]. ``key`` is the config key named in error messages.
     """
+    _check_choice("data.channels", channels, CHANNELS)
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConvlearnError(f"data.path: no such file: {path}")
+        raise ConvlearnError(f"{key}: no such file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        image = _load_npy(path)
+        image = _load_npy(path, channels, key)
     elif suffix in IMAGE_SUFFIXES:
-        image = _load_picture(path)
+        image = _load_picture(path, channels, key)
     else:
         raise ConvlearnError(
-            f"data.path: unsupported file type '{suffix}' ({path}); use .npy or one of "
-            + ", ".join(IMAGE_SUFFIXES)
+            f"{key}: unsupported file type '{suffix}' ({path}); use .npy or one of " + ", ".join(IMAGE_SUFFIXES)
         )
     if not np.all(np.isfinite(image)):
-        raise ConvlearnError(f"data.path: {path} contains NaN or infinite pixels")
+        raise ConvlearnError(f"{key}: {path} contains NaN or infinite pixels")
     return image
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, channels: str, key: str) -> np.ndarray:
     # Read the header first: it says whether the file holds objects (pickles) and its shape,
     # so a bad file is refused before any of its data is read.
     with open(path, "rb") as file:
@@ -93,28 +115,327 @@ def _load_npy(path: Path) -> np.ndarray:
             )
             shape, _, dtype = read_header(file)
         except ValueError as err:
-            raise ConvlearnError(f"data.path: cannot read {path} as .npy: {err}") from None
+            raise ConvlearnError(f"{key}: cannot read {path} as .npy: {err}") from None
     if dtype.hasobject:
         raise ConvlearnError(
-            f"data.path: {path} holds pickled Python objects; convlearn only reads plain "
+            f"{key}: {path} holds pickled Python objects; convlearn only reads plain "
             "numeric arrays (np.save without objects)"
         )
-    if len(shape) != 2:
-        raise ConvlearnError(f"data.path: expected a 2-D (height, width) array in {path}, got shape {shape}")
+    if channels == "gray" and len(shape) != 2:
+        raise ConvlearnError(f"{key}: expected a 2-D (height, width) array in {path}, got shape {shape}")
+    if channels == "rgb" and (len(shape) != 3 or shape[2] != 3):
+        raise ConvlearnError(f"{key}: expected a (height, width, 3) array for channels=rgb in {path}, got shape {shape}")
     if not (np.issubdtype(dtype, np.number) or dtype == bool):
-        raise ConvlearnError(f"data.path: {path} has non-numeric dtype {dtype}")
+        raise ConvlearnError(f"{key}: {path} has non-numeric dtype {dtype}")
     return np.load(path, allow_pickle=False).astype(np.float32)
 
 
-def _load_picture(path: Path) -> np.ndarray:
+def _load_picture(path: Path, channels: str, key: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError  # only needed for picture files
 
     try:
         with Image.open(path) as picture:
-            mode = picture.mode
-            bits_16 = mode.startswith("I;16") or mode == "I"
-            grey = np.asarray(picture if bits_16 else picture.convert("L"))
+            bits_16 = picture.mode.startswith("I;16") or picture.mode == "I"
+            if channels == "rgb":
+                # PIL has no 16-bit RGB mode: colour pictures are read at 8 bits.
+                pixels, scale = np.asarray(picture.convert("RGB")), 255.0
+            else:
+                pixels = np.asarray(picture if bits_16 else picture.convert("L"))
+                scale = 65535.0 if bits_16 else 255.0
     except (UnidentifiedImageError, OSError) as err:
-        raise ConvlearnError(f"data.path: cannot read image {path}: {err}") from None
-    scale = 65535.0 if bits_16 else 255.0
-    return (grey.astype(np.float64) / scale).astype(np.float32)
+        raise ConvlearnError(f"{key}: cannot read image {path}: {err}") from None
+    return (pixels.astype(np.float64) / scale).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Images:
+    """What the data group gives the trainer.
+
+    ``train`` and ``val``: float32 ``(H, W, C)`` images. ``train_targets``/``val_targets``: the
+    given target images of ``pairs`` (None when a target transform computes them).
+    ``patch_size``: train on random ``patch_size`` crops, ``batch_size`` at a time, when an image is
+    larger than that (None: always the full frame). ``channels``: the model's channels (3 only
+    for RGB with separate kernels; shared kernels fold the colour channels into the batch).
+    """
+
+    train: list[np.ndarray]
+    val: list[np.ndarray] = field(default_factory=list)
+    train_targets: list[np.ndarray] | None = None
+    val_targets: list[np.ndarray] | None = None
+    patch_size: int | None = None
+    batch_size: int = 8
+    channels: int = 1
+
+    @property
+    def given_targets(self) -> bool:
+        return self.train_targets is not None
+
+    def model_kwargs(self) -> dict:
+        """Extra arguments for the model group: ``channels`` only where it is not the default 1."""
+        return {"channels": self.channels} if self.channels != 1 else {}
+
+
+def as_images(data: np.ndarray | Images) -> Images:
+    """The data group's result as :class:`Images`; a bare 2-D array (``shapes``) is one image."""
+    if isinstance(data, Images):
+        return data
+    array = np.asarray(data, np.float32)
+    if array.ndim != 2:
+        raise ConvlearnError(f"data: expected a 2-D (height, width) image, got shape {array.shape}")
+    return Images(train=[array[..., None]])
+
+
+def file(
+    path: str,
+    channels: str = "gray",
+    normalize: str = "none",
+    kernels: str = "shared",
+    patch_size: int | None = None,
+    batch_size: int = 8,
+) -> Images:
+    """One image from disk, trained on whole or, above ``patch_size``, as random patches."""
+    _check_options(channels, normalize, kernels, patch_size, batch_size)
+    image = load_image(path, channels)
+    return _assemble([image], [], None, None, channels, normalize, kernels, patch_size, batch_size)
+
+
+def folder(
+    path: str,
+    channels: str = "gray",
+    normalize: str = "unit",
+    kernels: str = "shared",
+    patch_size: int | None = 64,
+    batch_size: int = 8,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> Images:
+    """Every image in a folder (sorted by name), split into training and validation images."""
+    _check_options(channels, normalize, kernels, patch_size, batch_size)
+    files = _list_images(path, "data.path")
+    train, val = _split(list(files), val_fraction, seed)
+    train_images = [load_image(files[name], channels) for name in train]
+    val_images = [load_image(files[name], channels) for name in val]
+    return _assemble(train_images, val_images, None, None, channels, normalize, kernels, patch_size, batch_size)
+
+
+def pairs(
+    inputs: str,
+    targets: str,
+    channels: str = "gray",
+    normalize: str = "none",
+    kernels: str = "shared",
+    patch_size: int | None = 64,
+    batch_size: int = 8,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> Images:
+    """Input images and their target images from two folders, matched by file name (without the
+    suffix, so ``a.png`` pairs with ``a.npy``): learn an unknown filter from examples."""
+    _check_options(channels, normalize, kernels, patch_size, batch_size)
+    sources, results = _list_images(inputs, "data.inputs"), _list_images(targets, "data.targets")
+    for key, have, lack in (("data.targets", sources, results), ("data.inputs", results, sources)):
+        missing = sorted(set(have) - set(lack))
+        if missing:
+            raise ConvlearnError(f"{key}: no image named {', '.join(missing[:5])} to pair with (pairs match by name)")
+    train, val = _split(sorted(sources), val_fraction, seed)
+
+    def load(names: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        loaded = [(load_image(sources[n], channels, "data.inputs"), load_image(results[n], channels, "data.targets"))
+                  for n in names]
+        for name, (image, target) in zip(names, loaded):
+            if image.shape != target.shape:
+                raise ConvlearnError(
+                    f"data.targets: {name} is {_size(target.shape)} but its input is {_size(image.shape)}; pairs must match in size"
+                )
+        return [image for image, _ in loaded], [target for _, target in loaded]
+
+    (train_in, train_out), (val_in, val_out) = load(train), load(val)
+    return _assemble(train_in, val_in, train_out, val_out, channels, normalize, kernels, patch_size, batch_size)
+
+
+def _assemble(
+    train: list[np.ndarray],
+    val: list[np.ndarray],
+    train_targets: list[np.ndarray] | None,
+    val_targets: list[np.ndarray] | None,
+    channels: str,
+    normalize: str,
+    kernels: str,
+    patch_size: int | None,
+    batch_size: int,
+) -> Images:
+    """Normalise, give every image a channel axis, and fold colour into the batch for shared kernels."""
+    fold = channels == "rgb" and kernels == "shared"
+
+    def prepare(images: list[np.ndarray], targets: list[np.ndarray] | None) -> tuple[list, list | None]:
+        outs, target_outs = [], []
+        for index, image in enumerate(images):
+            # A pair's target gets its input's normalisation, so the filter between them survives.
+            gain, offset = _normalisation(image, normalize)
+            parts = [image * gain + offset] + ([targets[index] * gain + offset] if targets is not None else [])
+            parts = [part.reshape(part.shape[:2] + (-1,)).astype(np.float32) for part in parts]
+            if fold:
+                parts = [np.moveaxis(part, -1, 0)[..., None] for part in parts]
+            else:
+                parts = [part[None] for part in parts]
+            outs.extend(parts[0])
+            if targets is not None:
+                target_outs.extend(parts[1])
+        return outs, (target_outs if targets is not None else None)
+
+    train, train_targets = prepare(train, train_targets)
+    val, val_targets = prepare(val, val_targets)
+    return Images(
+        train=train, val=val, train_targets=train_targets, val_targets=val_targets,
+        patch_size=patch_size, batch_size=batch_size, channels=1 if fold else CHANNELS[channels],
+    )
+
+
+def _check_options(channels: str, normalize: str, kernels: str, patch_size: int | None, batch_size: int) -> None:
+    # Checked before any file is read, so a typo fails at once.
+    _check_choice("data.channels", channels, CHANNELS)
+    _check_choice("data.normalize", normalize, NORMALIZE)
+    _check_choice("data.kernels", kernels, KERNELS)
+    if patch_size is not None and patch_size < 1:
+        raise ConvlearnError(f"data.patch_size: must be a positive integer or null (full frame), got {patch_size}")
+    if batch_size < 1:
+        raise ConvlearnError(f"data.batch_size: must be >= 1, got {batch_size}")
+
+
+def _normalisation(image: np.ndarray, how: str) -> tuple[float, float]:
+    """Gain and offset that map ``image`` to [0, 1] (unit) or to mean 0 and std 1 (standard)."""
+    if how == "unit":
+        low, high = float(image.min()), float(image.max())
+        gain = 1.0 / (high - low) if high > low else 1.0
+        return gain, -low * gain
+    if how == "standard":
+        std = float(image.std())
+        gain = 1.0 / std if std > 0 else 1.0
+        return gain, -float(image.mean()) * gain
+    return 1.0, 0.0
+
+
+def _list_images(path: str, key: str) -> dict[str, Path]:
+    """The readable files of a folder by name without suffix, sorted."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise ConvlearnError(f"{key}: no such folder: {directory}")
+    suffixes = (".npy", *IMAGE_SUFFIXES)
+    files = sorted(f for f in directory.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
+    if not files:
+        raise ConvlearnError(f"{key}: no images ({', '.join(suffixes)}) in folder {directory}")
+    by_stem: dict[str, Path] = {}
+    for f in files:
+        if f.stem in by_stem:
+            raise ConvlearnError(f"{key}: two images named {f.stem} in {directory} ({by_stem[f.stem].name}, {f.name})")
+        by_stem[f.stem] = f
+    return by_stem
+
+
+def _split(names: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded split: ``round(n * val_fraction)`` names for validation, at least one for training."""
+    if not 0 <= val_fraction < 1:
+        raise ConvlearnError(f"data.val_fraction: must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_val = min(int(round(len(names) * val_fraction)), len(names) - 1)
+    val = sorted(names[i] for i in order[:n_val])
+    return [n for n in names if n not in val], val
+
+
+def _check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConvlearnError(f"{key}: must be one of {', '.join(allowed)}, got '{value}'")
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape)
+
+
+@dataclass
+class Stream:
+    """Random patches for training: an endless ``tf.data`` pipeline of ``(inputs, targets)``
+    batches, the targets already cut to the compared region like a :class:`Batch`'s."""
+
+    crops: Crops
+    dataset: tf.data.Dataset
+
+    def __iter__(self) -> Iterator[tuple[tf.Tensor, tf.Tensor]]:
+        return iter(self.dataset)
+
+
+@dataclass
+class Feed:
+    """What the trainer gets: the training batch or stream, validation batches (one per image,
+    full frame) and a preview batch for pictures and the final metrics."""
+
+    train: Batch | Stream
+    validation: list[Batch]
+    preview: Batch
+
+
+def make_feed(images: Images, target: Pipeline | None, model: keras.Model, seed: int = 0) -> Feed:
+    """Full frame when every training image fits in ``patch_size`` (or patches are off), else
+    random patches. ``target`` is None for ``pairs``, whose targets are given."""
+    given = images.given_targets
+    if not given and target is None:
+        raise ConvlearnError("target: these data need a target transform (only data=pairs brings its own)")
+    target = None if given else target
+
+    def batch(index: int, train: bool, crop: int | None = None) -> Batch:
+        inputs = (images.train if train else images.val)[index]
+        targets = (images.train_targets if train else images.val_targets) if given else None
+        region = _centre(inputs.shape, crop)
+        return make_batch(inputs[None, region[0], region[1]], target, model,
+                          given=None if targets is None else targets[index][None, region[0], region[1]])
+
+    validation = [batch(i, train=False) for i in range(len(images.val))]
+    patch = images.patch_size
+    if patch is None or all(max(image.shape[:2]) <= patch for image in images.train):
+        shapes = {image.shape for image in images.train}
+        if len(shapes) > 1:
+            raise ConvlearnError(
+                f"data.patch_size: the training images differ in size ({', '.join(sorted(_size(s[:2]) for s in shapes))}); "
+                "set data.patch_size to train on patches"
+            )
+        stacked = np.stack(images.train)
+        full = make_batch(stacked, target, model, given=np.stack(images.train_targets) if given else None)
+        return Feed(train=full, validation=validation, preview=batch(0, train=True))
+    small = [_size(image.shape[:2]) for image in images.train if min(image.shape[:2]) < patch]
+    if small:
+        raise ConvlearnError(f"data.patch_size: {patch} is larger than training image(s) {', '.join(small[:5])}")
+    stream = _patch_stream(images, target, model, seed)
+    return Feed(train=stream, validation=validation, preview=batch(0, train=True, crop=max(PREVIEW_SIZE, patch)))
+
+
+def _centre(shape: tuple[int, ...], size: int | None) -> tuple[slice, slice]:
+    if size is None:
+        return slice(None), slice(None)
+    return tuple(slice(max(0, (n - size) // 2), max(0, (n - size) // 2) + size) for n in shape[:2])
+
+
+def _patch_stream(images: Images, target: Pipeline | None, model: keras.Model, seed: int) -> Stream:
+    """Batches of random crops drawn with a seeded NumPy generator (same seed, same patches);
+    the target transform runs on each batch inside the pipeline."""
+    patch, channels, count = images.patch_size, images.train[0].shape[-1], images.batch_size
+    crops = align(footprint(model), target.footprint if target is not None else Footprint(), (patch, patch))
+    rows, cols = crops.target
+    sources = [images.train] + ([images.train_targets] if target is None else [])
+
+    def draw() -> Iterator[tuple[np.ndarray, ...]]:
+        rng = np.random.default_rng(seed)
+        while True:
+            picks = []
+            for _ in range(count):
+                index = int(rng.integers(len(images.train)))
+                height, width = images.train[index].shape[:2]
+                top, left = int(rng.integers(height - patch + 1)), int(rng.integers(width - patch + 1))
+                picks.append((index, slice(top, top + patch), slice(left, left + patch)))
+            yield tuple(np.stack([source[i][r, c] for i, r, c in picks]) for source in sources)
+
+    spec = tf.TensorSpec((count, patch, patch, channels), tf.float32)
+    dataset = tf.data.Dataset.from_generator(draw, output_signature=(spec,) * len(sources))
+    if target is None:
+        dataset = dataset.map(lambda x, y: (x, y[:, rows, cols, :]))
+    else:
+        dataset = dataset.map(lambda x: (x, target(x)[:, rows, cols, :]))
+    return Stream(crops=crops, dataset=dataset.prefetch(2))

@@ -1,26 +1,54 @@
-"""TensorBoard logging for a run: losses, predictions and learned kernels over time.
+"""TensorBoard dashboards for a run: what the network learned and where it still fails.
 
-The trainer reports every step; this logger decides what to write: scalars every
-``scalar_every`` steps, pictures (input | target | prediction | error, and every conv layer's
-kernels) at the first step, every ``image_every`` steps and at the end. Writers buffer, so the
-logger is a context manager that flushes and closes on every exit path.
+The trainer reports every step; this logger decides what to write and when, so that logging stays
+cheap (a small fraction of a step on average):
+
+* every ``scalar_every`` steps: the trainer's scalars (loss, grad_norm, learning_rate) plus
+  ``rel_mse``, ``psnr_db`` (both derived from the loss) and ``steps_per_sec``;
+* at step 0, every ``image_every`` steps and at the end: input | target | prediction | error,
+  every conv layer's kernels, the model's effective kernel next to the target's, each layer's
+  activation maps, and histograms of weights and gradients (each part switchable);
+* once: the resolved config as text, and the run's hyperparameters and final metrics for the
+  HPARAMS tab.
+
+Writers buffer, so the logger is a context manager that flushes and closes on every exit path.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from omegaconf import DictConfig, OmegaConf
+from tensorboard.plugins.hparams import api as hp
+from tensorboard.plugins.image import metadata as image_metadata
 
 from convlearn import pictures
-from convlearn.models import conv_layers
+from convlearn.models import conv_layers, footprint
 from convlearn.training import Batch
+
+HParamValue = bool | int | float | str
+
+# Activation grids are subsampled to this many pixels a side: 13 full-size layers would cost more
+# to encode than the training steps between two pictures.
+ACTIVATION_SIDE = 512
+
+# Final metrics as scalar tags; the HPARAMS tab reads a run's metric values from these.
+FINAL_METRICS = {"final_loss": "final/loss", "rel_mse": "final/rel_mse", "psnr_db": "final/psnr_db"}
 
 
 class TensorBoardLogger:
-    """Writes a run's TensorBoard events under ``log_dir``."""
+    """Writes a run's TensorBoard events under ``log_dir``.
+
+    ``hparams`` (see :func:`hparams_from_config`) registers the run in the HPARAMS tab;
+    ``target_kernel`` is the target's single equivalent kernel, drawn next to the model's
+    effective kernel when the target is linear.
+    """
 
     def __init__(
         self,
@@ -28,19 +56,41 @@ class TensorBoardLogger:
         batch: Batch,
         scalar_every: int = 10,
         image_every: int = 100,
+        kernels: bool = True,
+        activations: bool = True,
+        histograms: bool = True,
         config_text: str = "",
+        hparams: Mapping[str, HParamValue] | None = None,
+        target_kernel: np.ndarray | None = None,
     ) -> None:
         self.log_dir = Path(log_dir)
         self.batch = batch
         self.scalar_every = max(1, scalar_every)
         self.image_every = image_every
+        self.kernels = kernels
+        self.activations = activations
+        self.histograms = histograms
         self.config_text = config_text
+        self.hparams = dict(hparams or {})
+        self.target_kernel = target_kernel
+        targets = batch.targets.numpy()
+        self._target_variance = float(np.var(targets, dtype=np.float64))
+        self._target_peak = float(np.max(targets) - np.min(targets))
+        self._last_tick: tuple[int, float] | None = None
         self.writer = tf.summary.create_file_writer(str(self.log_dir))
 
     def __enter__(self) -> TensorBoardLogger:
-        if self.config_text:
-            with self.writer.as_default(step=0):
+        with self.writer.as_default(step=0):
+            if self.config_text:
                 tf.summary.text("config", f"```\n{self.config_text}\n```", step=0)
+            if self.hparams:
+                # The experiment config names the metrics, so the HPARAMS tab shows exactly these
+                # columns rather than every scalar of the run.
+                hp.hparams_config(
+                    hparams=[hp.HParam(name) for name in self.hparams],
+                    metrics=[hp.Metric(tag, display_name=key) for key, tag in FINAL_METRICS.items()],
+                )
+                hp.hparams(self.hparams)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -48,26 +98,143 @@ class TensorBoardLogger:
         self.writer.close()
 
     def on_step(self, step: int, scalars: dict[str, float], model: keras.Model) -> None:
+        """Called by the trainer after every step with that step's loss, grad_norm and lr."""
         if step % self.scalar_every == 0:
-            self.scalars(step, scalars)
+            self.scalars(step, {**scalars, **self._derived(step, scalars.get("loss"))})
         if step == 0 or (self.image_every > 0 and step % self.image_every == 0):
             self.pictures(step, model)
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """Write scalars as they are (also for other callers, e.g. ``val_loss``)."""
         with self.writer.as_default(step=step):
             for name, value in values.items():
                 tf.summary.scalar(name, value)
 
     def pictures(self, step: int, model: keras.Model) -> None:
-        """The model's current prediction next to its target, and its kernels."""
+        """Everything that shows the model's state: comparison panel, kernels, effective kernel,
+        activation maps and histograms, each as configured."""
         with self.writer.as_default(step=step):
-            tf.summary.image("prediction", self._comparison(model)[None])
-            for layer in conv_layers(model):
-                kernel = np.asarray(layer.kernel.numpy(), np.float32)
-                tf.summary.image(f"kernels/{layer.name}", pictures.kernel_grid(kernel)[None])
+            write_image("prediction", pictures.comparison(*compared_images(self.batch, model)))
+            if self.kernels:
+                for layer in conv_layers(model):
+                    write_image(f"kernels/{layer.name}", pictures.kernel_grid(np.asarray(layer.kernel.numpy())))
+                effective = effective_kernels(model, self.target_kernel)
+                if effective:
+                    write_image("kernels/effective", pictures.kernel_row(effective))
+            if self.activations:
+                for name, maps in layer_outputs(model, self.batch.inputs).items():
+                    write_image(f"activations/{name}", pictures.channel_grid(maps, max_side=ACTIVATION_SIDE))
+            if self.histograms:
+                self._histograms(model)
 
-    def _comparison(self, model: keras.Model) -> np.ndarray:
-        prediction = self.batch.predict(model).numpy()[0, ..., 0]
-        target = self.batch.targets.numpy()[0, ..., 0]
-        rows, cols = self.batch.crops.inputs
-        return pictures.comparison(self.batch.inputs.numpy()[0, rows, cols, 0], target, prediction)
+    def on_end(self, step: int, model: keras.Model, metrics: Mapping[str, float]) -> None:
+        """The final pictures, and the final metrics that the HPARAMS tab compares runs by."""
+        self.pictures(step, model)
+        self.scalars(step, {tag: metrics[key] for key, tag in FINAL_METRICS.items() if key in metrics})
+        self.writer.flush()
+
+    def _derived(self, step: int, loss: float | None) -> dict[str, float]:
+        """rel_mse and PSNR from the loss (as in metrics.json), and the steps/s since last time."""
+        values = {}
+        if loss is not None and self._target_variance > 0:
+            values["rel_mse"] = loss / self._target_variance
+            if loss > 0:
+                values["psnr_db"] = 10 * math.log10(self._target_peak**2 / loss)
+        now = time.perf_counter()
+        if self._last_tick is not None and step > self._last_tick[0]:
+            values["steps_per_sec"] = (step - self._last_tick[0]) / (now - self._last_tick[1])
+        self._last_tick = (step, now)
+        return values
+
+    def _histograms(self, model: keras.Model) -> None:
+        # The gradients at the current weights, computed here rather than in the trainer's
+        # compiled step so that steps without pictures pay nothing for them.
+        layers = conv_layers(model)
+        variables = [(layer.name, weight) for layer in layers for weight in layer.trainable_weights]
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(self.batch.predict(model) - self.batch.targets))
+        grads = tape.gradient(loss, [weight for _, weight in variables])
+        for (layer_name, weight), grad in zip(variables, grads):
+            tf.summary.histogram(f"weights/{layer_name}/{weight.name}", weight)
+            if grad is not None:
+                tf.summary.histogram(f"gradients/{layer_name}/{weight.name}", grad)
+
+
+def write_image(tag: str, rgb: np.ndarray) -> None:
+    """One RGB uint8 picture as an image summary, as ``tf.summary.image`` writes it but with fast
+    PNG compression: at its default level encoding costs several training steps per picture."""
+    height, width = rgb.shape[:2]
+    png = tf.io.encode_png(rgb, compression=1)
+    tensor = tf.stack([tf.as_string(width), tf.as_string(height), png])
+    tf.summary.write(tag, tensor, metadata=image_metadata.create_summary_metadata(display_name=None, description=None))
+
+
+def compared_images(batch: Batch, model: keras.Model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The input, target and prediction over the compared pixels, as 2-D arrays (first channel)."""
+    rows, cols = batch.crops.inputs
+    return (
+        batch.inputs.numpy()[0, rows, cols, 0],
+        batch.targets.numpy()[0, ..., 0],
+        batch.predict(model).numpy()[0, ..., 0],
+    )
+
+
+def layer_outputs(model: keras.Model, inputs: tf.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+    """Each conv layer's output ``(H, W, C)`` for the first image of ``inputs``, by layer name."""
+    outputs = {}
+    values = tf.convert_to_tensor(inputs, tf.float32)
+    for layer in model.layers:
+        values = layer(values)
+        if isinstance(layer, keras.layers.Conv2D):
+            outputs[layer.name] = np.asarray(values[0], np.float32)
+    return outputs
+
+
+def impulse_response(model: keras.Model) -> np.ndarray | None:
+    """The model's effective kernel: its response to a unit impulse, less its response to zeros,
+    as a correlation kernel the size of its receptive field. Exact for a linear model; for a
+    non-linear one it is the response to this one impulse. None if the model pads (SAME)."""
+    height, width = footprint(model).extent
+    channels = model.input_shape[-1]
+    zeros = np.zeros((1, 2 * height - 1, 2 * width - 1, channels), np.float32)
+    impulse = zeros.copy()
+    impulse[0, height - 1, width - 1, 0] = 1.0
+    response = (model(impulse, training=False) - model(zeros, training=False)).numpy()[0, ..., 0]
+    if response.shape != (height, width):
+        return None
+    # Output pixel (i, j) saw the impulse through kernel tap (h-1-i, w-1-j): flip to get the kernel.
+    return response[::-1, ::-1].astype(np.float64)
+
+
+def effective_kernels(model: keras.Model, target_kernel: np.ndarray | None) -> list[np.ndarray]:
+    """[model's effective kernel, target's kernel if there is one], for a side-by-side picture."""
+    model_kernel = impulse_response(model)
+    if model_kernel is None:
+        return []
+    return [model_kernel] if target_kernel is None else [model_kernel, np.asarray(target_kernel, np.float64)]
+
+
+def hparams_from_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, HParamValue]:
+    """A run's hyperparameters for the HPARAMS tab: the main choices (model, target, optimizer,
+    lr, steps, seed) and every overridden config value (``key=value`` as Hydra records them).
+
+    A value that is not a scalar (a whole group chosen with ``model=linear``, a list) is kept as
+    the text written on the command line.
+    """
+    values: dict[str, HParamValue] = {
+        "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
+        "target": str(cfg.target.get("name", "")),
+        "optimizer": str(cfg.optimizer.get("cls", "")).rsplit(".", 1)[-1],
+        "lr": float(cfg.optimizer.lr),
+        "steps": int(cfg.trainer.steps),
+        "seed": int(cfg.trainer.seed),
+    }
+    for override in overrides:
+        key, sep, text = override.lstrip("+").partition("=")
+        if not sep or key.startswith(("~", "hydra.")):
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if key in ("model", "target", "optimizer") or not isinstance(value, HParamValue):
+            value = text
+        values[key] = value
+    return values

@@ -1,11 +1,13 @@
 """Arrays as pictures a person can read: colour maps, side-by-side panels, kernel grids.
 
-Shared by the TensorBoard logger and the run's ``summary.png``. Kernels are tiny (2x2, 3x3), so
-they are enlarged with nearest-neighbour and drawn on a diverging map centred on zero: red is
-positive, blue negative, white zero.
+Shared by the TensorBoard logger, the run's ``summary.png`` and ``scripts/inspect_run.py``.
+Kernels are tiny (2x2, 3x3), so they are enlarged with nearest-neighbour and drawn on a diverging
+map centred on zero: red is positive, blue negative, white zero.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from matplotlib import colormaps
@@ -15,7 +17,7 @@ KERNEL_CMAP = "RdBu_r"
 
 
 def colorize(array: np.ndarray, vmin: float, vmax: float, cmap: str = IMAGE_CMAP) -> np.ndarray:
-    """A 2-D array as ``(H, W, 3)`` uint8 RGB, mapped linearly from [vmin, vmax]."""
+    """An array as uint8 RGB (one more axis of 3), mapped linearly from [vmin, vmax]."""
     scale = (np.asarray(array, np.float64) - vmin) / (vmax - vmin if vmax > vmin else 1.0)
     rgba = colormaps[cmap](np.clip(scale, 0.0, 1.0))
     return (rgba[..., :3] * 255).round().astype(np.uint8)
@@ -46,21 +48,49 @@ def comparison(inputs: np.ndarray, target: np.ndarray, prediction: np.ndarray) -
     )
 
 
-def enlarge(array: np.ndarray, factor: int) -> np.ndarray:
-    """Nearest-neighbour upscaling of the first two axes."""
-    return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
+def enlarge(array: np.ndarray, factor: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Nearest-neighbour upscaling of two axes (the first two by default)."""
+    return np.repeat(np.repeat(array, factor, axis=axes[0]), factor, axis=axes[1])
 
 
 def kernel_grid(kernel: np.ndarray, cell: int = 48, gap: int = 2) -> np.ndarray:
     """A Conv2D kernel ``(kh, kw, in, out)`` as an RGB grid: one row per input channel, one column
     per output channel, on a symmetric diverging scale so that zero is white."""
     kh, kw, n_in, n_out = kernel.shape
-    factor = max(1, cell // max(kh, kw))
     limit = float(np.abs(kernel).max()) or 1.0
-    height, width = kh * factor, kw * factor
-    grid = np.full((n_in * (height + gap) - gap, n_out * (width + gap) - gap, 3), 255, np.uint8)
-    for i in range(n_in):
-        for o in range(n_out):
-            tile = enlarge(colorize(kernel[:, :, i, o], -limit, limit, KERNEL_CMAP), factor)
-            grid[i * (height + gap) : i * (height + gap) + height, o * (width + gap) : o * (width + gap) + width] = tile
-    return grid
+    # (in, out, kh, kw) tiles, coloured in one call: wide layers have hundreds of them.
+    tiles = colorize(np.transpose(kernel, (2, 3, 0, 1)), -limit, limit, KERNEL_CMAP)
+    return tile_grid(enlarge(tiles, max(1, cell // max(kh, kw)), axes=(2, 3)), gap)
+
+
+def kernel_row(kernels: list[np.ndarray], cell: int = 192, gap: int = 8) -> np.ndarray:
+    """2-D kernels side by side on one symmetric diverging scale and one enlargement factor, so
+    that their sizes and values compare directly (a model's effective kernel next to the target's)."""
+    factor = max(1, cell // max(max(k.shape) for k in kernels))
+    limit = max(float(np.abs(k).max()) for k in kernels) or 1.0
+    return panel([enlarge(colorize(k, -limit, limit, KERNEL_CMAP), factor) for k in kernels], gap)
+
+
+def channel_grid(maps: np.ndarray, max_side: int = 1024, gap: int = 2) -> np.ndarray:
+    """Feature maps ``(H, W, C)`` as a near-square RGB grid of channels on one shared colour scale.
+
+    Large layers (100 channels of a 300x400 image) would make pictures of many megapixels, so each
+    map is subsampled by a whole stride until the grid fits in ``max_side`` pixels.
+    """
+    height, width, channels = maps.shape
+    cols = math.ceil(math.sqrt(channels))
+    rows = math.ceil(channels / cols)
+    stride = max(1, math.ceil(max(rows * height, cols * width) / max_side))
+    maps = np.moveaxis(maps[::stride, ::stride], 2, 0)
+    tiles = colorize(maps, float(maps.min()), float(maps.max()))
+    # Pad the last row of the grid with white tiles.
+    blank = np.full((rows * cols - channels, *tiles.shape[1:]), 255, np.uint8)
+    return tile_grid(np.concatenate([tiles, blank]).reshape(rows, cols, *tiles.shape[1:]), gap)
+
+
+def tile_grid(tiles: np.ndarray, gap: int = 2) -> np.ndarray:
+    """RGB tiles ``(rows, cols, h, w, 3)`` as one picture with white gaps between them."""
+    rows, cols, height, width, _ = tiles.shape
+    padded = np.pad(tiles, ((0, 0), (0, 0), (0, gap), (0, gap), (0, 0)), constant_values=255)
+    grid = padded.transpose(0, 2, 1, 3, 4).reshape(rows * (height + gap), cols * (width + gap), 3)
+    return grid[: rows * (height + gap) - gap, : cols * (width + gap) - gap]

@@ -5,6 +5,9 @@ channels)`` tensors that also knows its :class:`~convlearn.geometry.Footprint`, 
 line the model's output up with it. Steps are written in YAML with ``_target_`` (see
 ``configs/target/``); the notebook's edge+blur is one such preset. Kernels are applied by
 cross-correlation, like ``tf.nn.conv2d`` and the notebook, to each channel separately.
+
+:func:`template` cuts a patch out of a prepared image to use as a kernel: the notebook's template
+matching, where the patch of the blurred edge map lights up where the same shape appears.
 """
 
 from __future__ import annotations
@@ -184,6 +187,56 @@ def compose_kernels(kernels: Sequence[np.ndarray]) -> np.ndarray:
             out[i : i + total.shape[0], j : j + total.shape[1]] += kernel[i, j] * total
         total = out
     return total
+
+
+# The notebook's template: edges_blurred[210:243, 246:282] on its 300x400 image, whose blurred
+# edge map is 279x379. Other images get the same region scaled to their size.
+NOTEBOOK_ROWS = (210, 243)
+NOTEBOOK_COLS = (246, 282)
+NOTEBOOK_SHAPE = (279, 379)
+
+
+def template(
+    image: object,
+    prepare: Pipeline,
+    rows: Sequence[int] = NOTEBOOK_ROWS,
+    cols: Sequence[int] = NOTEBOOK_COLS,
+    reference_shape: Sequence[int] | None = NOTEBOOK_SHAPE,
+) -> np.ndarray:
+    """A patch of ``prepare(image)`` to use as a kernel (template matching).
+
+    ``rows`` and ``cols`` are ``[start, stop)`` pixel ranges in an image of ``reference_shape``;
+    on a prepared image of another size they are scaled to the same relative region (at least one
+    pixel), so the notebook's slices work on any image. ``reference_shape: null`` takes them as
+    they are. ``image`` is a 2-D array or the data group's images (the first training image).
+    """
+    image = _first_gray(image)
+    prepared = prepare.apply(image)
+    patch = tuple(
+        _scaled_range(name, span, size, reference)
+        for name, span, size, reference in zip(
+            ("rows", "cols"), (rows, cols), prepared.shape, reference_shape or prepared.shape
+        )
+    )
+    return prepared[patch[0], patch[1]].astype(np.float64)
+
+
+def _first_gray(image: object) -> np.ndarray:
+    train = getattr(image, "train", None)  # the data group's Images: use the first training image
+    array = np.asarray(train[0][..., 0] if train else image, np.float32)
+    if array.ndim != 2:
+        raise ConvlearnError(f"target.image: template matching needs a 2-D image, got shape {array.shape}")
+    return array
+
+
+def _scaled_range(name: str, span: Sequence[int], size: int, reference: int) -> slice:
+    if len(span) != 2 or not 0 <= span[0] < span[1] <= reference:
+        raise ConvlearnError(
+            f"target.{name}: need [start, stop] with 0 <= start < stop <= {reference}, got {list(span)}"
+        )
+    start = min(int(round(span[0] * size / reference)), size - 1)
+    stop = max(start + 1, min(int(round(span[1] * size / reference)), size))
+    return slice(start, stop)
 
 
 def _pad(images: tf.Tensor, kernel_shape: tuple[int, int], border: str) -> tf.Tensor:

@@ -30,7 +30,11 @@ def make_cfg():
     """Compose ``configs/train.yaml`` with the tiny defaults plus the given overrides."""
 
     def make(*overrides: str) -> DictConfig:
+        tiny = TINY
+        if any(o.startswith("data=") for o in overrides):
+            # TINY's data keys size the generated image; other data sources have none of them.
+            tiny = [t for t in TINY if not t.startswith("data.")]
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            return compose(config_name="train", overrides=[*TINY, *overrides])
+            return compose(config_name="train", overrides=[*tiny, *overrides])
 
     return make

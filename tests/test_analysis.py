@@ -68,6 +68,9 @@ def test_lstsq_recovers_a_known_kernel_and_bias_exactly():
     assert np.abs(found - kernel).max() < 1e-10 and abs(bias - 0.25) < 1e-10 and residual < 1e-20
     # Without the bias column the constant cannot be fitted, and the residual says so.
     assert analysis.lstsq_kernel(image, targets, (4, 5))[2] > 1e-4
+    # A stack of images is one problem: two halves of the image give the same answer.
+    halves = np.stack([image[:, :20], image[:, 20:]]), np.stack([targets[:, :16], targets[:, 20:36]])
+    assert np.abs(analysis.lstsq_kernel(*halves, (4, 5), use_bias=True)[0] - kernel).max() < 1e-10
 
 
 def test_lstsq_fit_aligns_a_larger_kernel_with_the_target():

@@ -1,9 +1,20 @@
+"""Loading images (file, folder, pairs), the patch stream, RGB, normalisation and validation."""
+
+import itertools
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.ndimage import correlate
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from convlearn.data import load_image, shapes
+from convlearn import kernels, models
+from convlearn.data import Stream, file, folder, load_image, make_feed, pairs, shapes
 from convlearn.errors import ConvlearnError
+from convlearn.targets import Convolve, Pipeline
+from convlearn.training import Batch
+from train import train
 
 
 def test_shapes_is_a_bright_on_dark_image_in_unit_range():
@@ -61,3 +72,182 @@ def test_missing_and_unsupported_files(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ConvlearnError, match=r"unsupported file type '\.txt'"):
         load_image(tmp_path / "x.txt")
+
+
+# --- file / folder / pairs, patches, RGB, validation ---------------------------------------------
+
+BLUR = np.array([[0.0, 0.2, 0.0], [0.1, 0.4, 0.1], [0.0, 0.1, 0.1]])  # an "unknown" camera filter
+
+
+def write_images(folder, count, height=40, width=48, seed=0, noise=0.03):
+    folder.mkdir(parents=True, exist_ok=True)
+    images = [shapes(height, width, n_circles=3, n_squares=3, min_size=4, max_size=10, noise=noise, seed=seed + i)
+              for i in range(count)]
+    for index, image in enumerate(images):
+        np.save(folder / f"img{index}.npy", image)
+    return images
+
+
+def write_pairs(root, count, **size):
+    """The test's own 'camera': apply BLUR to each input (same size, reflected border)."""
+    # Strong texture makes every kernel weight visible in the data, so the filter is identifiable.
+    inputs = write_images(root / "in", count, noise=0.3, **size)
+    (root / "out").mkdir()
+    for index, image in enumerate(inputs):
+        np.save(root / "out" / f"img{index}.npy", correlate(image.astype(np.float64), BLUR, mode="reflect"))
+    return inputs
+
+
+def tiny_model(kernel_size=3, channels=1):
+    return models.linear(kernel_size=kernel_size, channels=channels)
+
+
+@pytest.mark.parametrize("patch_size", ["null", "24"])
+def test_pairs_learn_the_filter_that_made_the_targets(make_cfg, tmp_path, patch_size):
+    write_pairs(tmp_path, 5)
+    cfg = make_cfg(
+        "data=pairs", f"data.inputs={tmp_path}/in", f"data.targets={tmp_path}/out", f"data.patch_size={patch_size}",
+        "data.batch_size=4", "model=linear", "model.kernel_size=3", "optimizer.lr=0.05", "trainer.steps=150",
+        "trainer.val_every=50",
+    )
+    summary = train(cfg, tmp_path / "run")
+    with np.load(tmp_path / "run" / "kernels.npz", allow_pickle=False) as saved:
+        learned = saved["conv_00"][:, :, 0, 0]
+    assert np.abs(learned - BLUR).max() < 0.02, learned
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["val_loss"] == summary["val_loss"] < 1e-4
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert [e.step for e in events.Tensors("val_loss")] == [50, 100, 150]
+
+
+def test_folder_splits_by_seed_and_normalises(tmp_path):
+    write_images(tmp_path, 5)
+    np.save(tmp_path / "img0.npy", np.load(tmp_path / "img0.npy") * 3 + 2)  # out of [0, 1]
+    unit = folder(str(tmp_path), val_fraction=0.4, seed=1)
+    assert len(unit.train) == 3 and len(unit.val) == 2
+    for image in unit.train + unit.val:
+        assert image.shape == (40, 48, 1) and np.isclose(image.min(), 0) and np.isclose(image.max(), 1)
+    again = folder(str(tmp_path), val_fraction=0.4, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(unit.val, again.val))
+    other = folder(str(tmp_path), val_fraction=0.4, seed=2)
+    assert not all(np.array_equal(a, b) for a, b in zip(unit.val, other.val))
+    standard = folder(str(tmp_path), normalize="standard", val_fraction=0)
+    assert len(standard.train) == 5 and not standard.val
+    for image in standard.train:
+        assert abs(image.mean()) < 1e-5 and np.isclose(image.std(), 1, atol=1e-4)
+    raw = folder(str(tmp_path), normalize="none", val_fraction=0)
+    assert np.isclose(raw.train[0].max(), np.load(tmp_path / "img0.npy").max())
+
+
+def test_pairs_targets_get_their_inputs_normalisation(tmp_path):
+    write_pairs(tmp_path, 2)
+    images = pairs(str(tmp_path / "in"), str(tmp_path / "out"), normalize="unit", val_fraction=0)
+    source = np.load(tmp_path / "in" / "img0.npy")
+    gain = 1 / (source.max() - source.min())
+    expected = (np.load(tmp_path / "out" / "img0.npy") - source.min()) * gain
+    assert np.allclose(images.train_targets[0][..., 0], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda root: (root / "out" / "img1.npy").rename(root / "out" / "other.npy"),
+         r"data.targets: no image named img1 to pair with"),
+        (lambda root: np.save(root / "out" / "img1.npy", np.zeros((40, 47))),
+         r"data.targets: img1 is 40x47 but its input is 40x48; pairs must match in size"),
+        (lambda root: ((root / "in" / "img2.npy").unlink(), (root / "in" / "img2.png").write_bytes(b"not a png")),
+         r"data.inputs: cannot read image .*img2.png"),
+        (lambda root: np.save(root / "in" / "img0.npy", np.full((40, 48), np.inf)), r"data.inputs: .* NaN or infinite"),
+        (lambda root: np.save(root / "out" / "img0.npy", np.zeros((40, 48, 3))),
+         r"data.targets: expected a 2-D \(height, width\) array"),
+    ],
+)
+def test_bad_pairs_fail_with_one_line(tmp_path, damage, message):
+    write_pairs(tmp_path, 3)
+    damage(tmp_path)
+    with pytest.raises(ConvlearnError, match=message) as info:
+        pairs(str(tmp_path / "in"), str(tmp_path / "out"), val_fraction=0)
+    assert "\n" not in str(info.value)
+
+
+def test_empty_and_missing_folders(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(ConvlearnError, match=r"data.path: no images \(.npy, .png.*\) in folder"):
+        folder(str(tmp_path))
+    with pytest.raises(ConvlearnError, match="data.inputs: no such folder"):
+        pairs(str(tmp_path / "nope"), str(tmp_path))
+    write_images(tmp_path / "ok", 1)
+    with pytest.raises(ConvlearnError, match=r"data.normalize: must be one of unit, standard, none, got 'max'"):
+        folder(str(tmp_path / "ok"), normalize="max")
+    with pytest.raises(ConvlearnError, match=r"data.kernels: must be one of shared, separate, got 'mixed'"):
+        file(str(tmp_path / "ok" / "img0.npy"), kernels="mixed")
+    with pytest.raises(ConvlearnError, match=r"data.patch_size: must be a positive integer or null"):
+        pairs(str(tmp_path / "ok"), str(tmp_path / "ok"), patch_size=0)
+
+
+def test_patch_stream_computes_the_target_on_each_patch_and_is_seeded(tmp_path):
+    write_images(tmp_path, 2, height=60, width=70)
+    images = folder(str(tmp_path), patch_size=32, batch_size=3, val_fraction=0.5)
+    target = Pipeline([Convolve(kernels.sobel("x"))])
+    feed = make_feed(images, target, tiny_model(), seed=4)
+    assert isinstance(feed.train, Stream) and len(feed.validation) == 1
+    first = list(itertools.islice(feed.train, 3))
+    for inputs, targets in first:
+        assert inputs.shape == (3, 32, 32, 1) and targets.shape == (3, 30, 30, 1)
+        assert np.allclose(targets.numpy(), target(inputs).numpy(), atol=1e-6)
+        # every patch is a window of the (only) training image
+        source = images.train[0][..., 0]
+        patch = inputs.numpy()[0, ..., 0]
+        hits = [(r, c) for r in range(60 - 31) for c in range(70 - 31) if np.array_equal(source[r:r + 32, c:c + 32], patch)]
+        assert hits
+    again = list(itertools.islice(make_feed(images, target, tiny_model(), seed=4).train, 3))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(first, again))
+    other = next(iter(make_feed(images, target, tiny_model(), seed=5).train))
+    assert not np.array_equal(first[0][0], other[0])
+
+
+def test_small_images_train_full_frame_and_sizes_must_agree(tmp_path):
+    write_images(tmp_path / "a", 3)
+    images = folder(str(tmp_path / "a"), patch_size=64, val_fraction=0)
+    feed = make_feed(images, Pipeline([Convolve(kernels.laplacian())]), tiny_model())
+    assert isinstance(feed.train, Batch) and feed.train.inputs.shape == (3, 40, 48, 1)
+    write_images(tmp_path / "b", 1, height=30)
+    np.save(tmp_path / "a" / "odd.npy", np.load(tmp_path / "b" / "img0.npy"))
+    mixed = folder(str(tmp_path / "a"), patch_size=None, val_fraction=0)
+    with pytest.raises(ConvlearnError, match=r"data.patch_size: the training images differ in size \(30x48, 40x48\)"):
+        make_feed(mixed, Pipeline([Convolve(kernels.laplacian())]), tiny_model())
+    with pytest.raises(ConvlearnError, match=r"data.patch_size: 32 is larger than training image\(s\) 30x48"):
+        make_feed(folder(str(tmp_path / "a"), patch_size=32, val_fraction=0), Pipeline([Convolve(kernels.laplacian())]), tiny_model())
+
+
+def write_rgb(path, height=40, width=48):
+    channels = [shapes(height, width, n_circles=3, n_squares=3, min_size=4, max_size=10, seed=s) for s in range(3)]
+    pixels = (np.stack(channels, axis=-1) * 255).round().astype(np.uint8)
+    Image.fromarray(pixels, "RGB").save(path)
+    return pixels / 255.0
+
+
+def test_rgb_shared_folds_channels_into_the_batch_and_separate_keeps_them(tmp_path):
+    pixels = write_rgb(tmp_path / "c.png")
+    shared = file(str(tmp_path / "c.png"), channels="rgb")
+    assert shared.channels == 1 and len(shared.train) == 3
+    for channel in range(3):
+        assert np.allclose(shared.train[channel][..., 0], pixels[..., channel], atol=1e-6)
+    separate = file(str(tmp_path / "c.png"), channels="rgb", kernels="separate")
+    assert separate.channels == 3 and separate.model_kwargs() == {"channels": 3}
+    assert np.allclose(separate.train[0], pixels, atol=1e-6)
+    np.save(tmp_path / "gray.npy", np.zeros((4, 5)))
+    with pytest.raises(ConvlearnError, match=r"expected a \(height, width, 3\) array for channels=rgb .* got shape \(4, 5\)"):
+        load_image(tmp_path / "gray.npy", channels="rgb")
+
+
+@pytest.mark.parametrize("kernels_mode", ["shared", "separate"])
+def test_rgb_trains_with_shared_or_separate_kernels(make_cfg, tmp_path, kernels_mode):
+    write_rgb(tmp_path / "c.png")
+    cfg = make_cfg("data=file", f"data.path={tmp_path}/c.png", "data.channels=rgb", f"data.kernels={kernels_mode}",
+                   "target=laplacian", "model=linear", "model.kernel_size=3", "trainer.steps=3")
+    summary = train(cfg, tmp_path / "run")
+    assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
+    with np.load(tmp_path / "run" / "kernels.npz", allow_pickle=False) as saved:
+        assert saved["conv_00"].shape == ((3, 3, 1, 1) if kernels_mode == "shared" else (3, 3, 3, 3))

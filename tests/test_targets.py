@@ -1,3 +1,7 @@
+"""Target pipelines against NumPy/SciPy references, and every preset in configs/target/ training."""
+
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -6,9 +10,12 @@ from scipy.ndimage import correlate
 from convlearn import kernels
 from convlearn.data import shapes
 from convlearn.errors import ConvlearnError
-from convlearn.targets import Combine, Convolve, Pipeline, Pointwise, Repeat, compose_kernels
+from conftest import ROOT
+from convlearn.config import build
+from convlearn.targets import Combine, Convolve, Pipeline, Pointwise, Repeat, compose_kernels, template
+from train import train
 
-
+PRESETS = sorted(p.stem for p in (ROOT / "configs" / "target").glob("*.yaml"))
 
 def reference_valid(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """VALID cross-correlation written out as sums of shifted images (independent of TF)."""
@@ -91,3 +98,94 @@ def test_pipeline_errors_are_one_line():
         Pointwise("cube")
     with pytest.raises(ConvlearnError, match="repeat n must be >= 1"):
         Repeat(Convolve(np.ones((3, 3))), 0)
+
+
+def test_template_is_the_notebooks_patch_on_a_notebook_sized_image():
+    image = shapes(300, 400, seed=1)
+    prepared = edge_blur().apply(image)
+    assert prepared.shape == (279, 379)
+    assert np.array_equal(template(image, edge_blur()), prepared[210:243, 246:282])
+
+
+def test_template_slices_scale_to_a_small_image_and_can_be_taken_as_pixels():
+    image = shapes(40, 48, seed=1)
+    prepared = edge_blur().apply(image)  # 19x27
+    patch = template(image, edge_blur())
+    # 210/279 .. 243/279 of 19 rows -> 14..17; 246/379 .. 282/379 of 27 cols -> 18..20
+    assert np.array_equal(patch, prepared[14:17, 18:20])
+    exact = template(image, edge_blur(), rows=[2, 5], cols=[3, 4], reference_shape=None)
+    assert np.array_equal(exact, prepared[2:5, 3:4])
+    with pytest.raises(ConvlearnError, match=r"target.cols: need \[start, stop\] .* got \[5, 40\]"):
+        template(image, edge_blur(), rows=[2, 5], cols=[5, 40], reference_shape=None)
+
+
+def test_template_match_at_the_patch_origin_is_the_patch_energy():
+    image = shapes(120, 160, n_circles=4, n_squares=4, min_size=5, max_size=12, seed=3)
+    prepared = edge_blur().apply(image)
+    rows, cols = slice(40, 60), slice(60, 80)
+    kernel = template(image, edge_blur(), rows=[40, 60], cols=[60, 80], reference_shape=None)
+    match = Pipeline([Convolve(kernel)]).apply(prepared)
+    assert np.allclose(match, reference_valid(prepared, kernel), atol=1e-3 * np.abs(match).max())
+    # Where the patch was cut, it is correlated with itself: the sum of its squares.
+    assert np.isclose(match[rows.start, cols.start], np.sum(kernel**2), rtol=1e-4)
+
+
+def test_padded_pipeline_keeps_the_shape_through_every_step():
+    image = np.random.default_rng(9).random((17, 21))
+    steps = [Convolve(kernels.sobel("x"), "same", "reflect"), Pointwise("abs"), Repeat(Convolve(kernels.box(3), "same", "edge"), 2)]
+    out = Pipeline(steps).apply(image)
+    assert out.shape == image.shape
+    expected = np.abs(correlate(image, kernels.sobel("x"), mode="mirror"))
+    for _ in range(2):
+        expected = correlate(expected, kernels.box(3), mode="nearest")
+    assert np.allclose(out, expected, atol=1e-5)
+    assert Pipeline(steps).footprint.shrink == (0, 0)
+
+
+def test_pointwise_ops_match_numpy():
+    x = np.linspace(-2, 2, 20).reshape(4, 5)
+    cases = {
+        Pointwise("abs"): np.abs(x),
+        Pointwise("square"): x**2,
+        Pointwise("sqrt"): np.sqrt(np.maximum(x, 0)),
+        Pointwise("relu"): np.maximum(x, 0),
+        Pointwise("clip", low=-0.5, high=0.5): np.clip(x, -0.5, 0.5),
+        Pointwise("threshold", level=0.3): (x > 0.3).astype(float),
+        Pointwise("affine", gain=3.0, offset=-1.0): 3 * x - 1,
+    }
+    for step, expected in cases.items():
+        assert np.allclose(Pipeline([step]).apply(x), expected, atol=1e-6), step.op
+
+
+def test_combine_sum_and_max_equal_the_steps_done_by_hand():
+    image = np.random.default_rng(10).random((12, 14))
+    a, b = kernels.sobel("x"), kernels.laplacian(8)
+    by_hand = [reference_valid(image, a), reference_valid(image, b)]
+    assert np.allclose(Pipeline([Combine([a, b], how="sum")]).apply(image), by_hand[0] + by_hand[1], atol=1e-5)
+    assert np.allclose(Pipeline([Combine([a, b], how="max")]).apply(image), np.maximum(*by_hand), atol=1e-5)
+    assert np.allclose(Pipeline([Combine([a, b], how="sum")]).linear_kernel(), a + b)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_builds_aligns_and_trains(make_cfg, tmp_path, preset):
+    target = build(make_cfg(f"target={preset}"), "target")
+    assert target.name == preset
+    # A linear model whose kernel shrinks the image with the same parity as the target aligns.
+    sizes = [1 + s % 2 for s in target.footprint.shrink]
+    cfg = make_cfg(f"target={preset}", "model=linear", f"model.kernel_size=[{sizes[0]},{sizes[1]}]", "trainer.steps=2")
+    summary = train(cfg, tmp_path)
+    assert summary["steps"] == 2 and all(np.isfinite(summary["losses"])) and summary["losses"][0] > 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["final_loss"] == summary["final_loss"]
+
+
+def test_presets_include_the_issue_list():
+    assert {"edge_blur", "sobel_magnitude", "gaussian", "laplacian", "sharpen", "emboss", "motion_blur", "custom",
+            "template_match"} <= set(PRESETS)
+
+
+def test_preset_knobs_reach_the_kernels(make_cfg):
+    gaussian = build(make_cfg("target=gaussian", "target.sigma=2.0", "target.padding=same", "target.border=reflect"), "target")
+    assert np.allclose(gaussian.steps[0].kernel, kernels.gaussian(2.0)) and gaussian.linear_kernel() is None
+    assert gaussian.footprint.shrink == (0, 0)
+    custom = build(make_cfg("target=custom", "target.values=[[0,1,0],[1,-4,1],[0,1,0]]"), "target")
+    assert np.array_equal(custom.linear_kernel(), kernels.laplacian(4))

@@ -1,0 +1,81 @@
+"""scripts/inspect_run.py: a finished run's metrics and its per-layer activation figure."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from PIL import Image
+
+from conftest import ROOT, TINY
+from convlearn.config import build
+from train import train
+
+SCRIPT = ROOT / "scripts" / "inspect_run.py"
+
+
+@pytest.fixture(scope="module")
+def inspect_run():
+    spec = importlib.util.spec_from_file_location("inspect_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished seed-model run, with its Hydra config saved as ``train.py`` leaves it."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*TINY, "trainer.steps=3"])
+    run_dir = tmp_path_factory.mktemp("run")
+    summary = train(cfg, run_dir)
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    return run_dir, summary, cfg
+
+
+def test_summary_png_is_written_with_every_run(run):
+    run_dir, _, _ = run
+    with Image.open(run_dir / "summary.png") as picture:
+        width, height = picture.size
+        colours = len(set(picture.convert("RGB").getdata()))
+    assert (width, height) == (16 * 80, 8 * 80)
+    assert colours > 500  # curves, colour-mapped images and kernels, not an empty canvas
+
+
+def test_prints_metrics_and_draws_the_training_images_activations(run, inspect_run, capsys):
+    run_dir, summary, _ = run
+    assert inspect_run.main([str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"final_loss: {summary['final_loss']}" in out
+    assert f"rel_mse: {summary['rel_mse']}" in out
+    assert "13 layers" in out
+    with Image.open(run_dir / "activations.png") as picture:
+        training_figure = np.asarray(picture.convert("RGB"))
+    assert training_figure.shape[:2] == (4 * 3.5 * 80, 4 * 4 * 80)  # 13 layers: 4 rows of 4 panels
+
+
+def test_another_image_gives_another_figure(run, inspect_run, tmp_path):
+    run_dir, _, cfg = run
+    image = build(cfg, "data")
+    figures = {}
+    for name, pixels in {"original": image, "flipped": image[::-1].copy()}.items():
+        np.save(tmp_path / f"{name}.npy", pixels)
+        out = tmp_path / f"{name}.png"
+        assert inspect_run.main([str(run_dir), "--image", str(tmp_path / f"{name}.npy"), "--out", str(out)]) == 0
+        with Image.open(out) as picture:
+            figures[name] = np.asarray(picture.convert("RGB"))
+    assert figures["flipped"].shape == figures["original"].shape
+    assert not np.array_equal(figures["flipped"], figures["original"])
+
+
+def test_mistakes_are_one_line_errors(run, inspect_run, tmp_path, capsys):
+    run_dir, _, _ = run
+    assert inspect_run.main([str(tmp_path / "missing")]) == 1
+    assert capsys.readouterr().err == (
+        f"convlearn: error: RUN_DIR: {tmp_path / 'missing' / 'metrics.json'} does not exist; "
+        "give the directory of a finished run\n"
+    )
+    assert inspect_run.main([str(run_dir), "--image", str(tmp_path / "nope.npy")]) == 1
+    assert capsys.readouterr().err == f"convlearn: error: data.path: no such file: {tmp_path / 'nope.npy'}\n"

@@ -1,0 +1,183 @@
+"""The TensorBoard dashboards, read back from the event files: every tag, its steps and values."""
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+from conftest import ROOT, TINY
+from convlearn.config import build
+from convlearn.logs import TensorBoardLogger, hparams_from_config, impulse_response
+from convlearn.models import linear, sequential
+from convlearn.training import make_batch
+from train import train
+
+OVERRIDES = ["optimizer.lr=3e-3", "model=seed", "data.height=40"]
+PICTURE_STEPS = [0, 5, 10, 12]
+
+
+def compose_cfg(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="train", overrides=[*TINY, *overrides])
+
+
+def read_events(log_dir):
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    return events, {tag: events.Tensors(tag) for tag in events.Tags()["tensors"]}
+
+
+def values(events, tag):
+    return [float(tf.make_ndarray(e.tensor_proto)) for e in events[tag]]
+
+
+def png(event):
+    """The PNG of an image summary (its tensor is [width, height, png bytes...])."""
+    return np.asarray(Image.open(io.BytesIO(tf.make_ndarray(event.tensor_proto)[2])))
+
+
+@pytest.fixture(scope="module")
+def seed_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("seed_run")
+    summary = train(compose_cfg(*OVERRIDES), run_dir, OVERRIDES)
+    accumulator, events = read_events(run_dir / "tb")
+    return run_dir, summary, accumulator, events
+
+
+def test_scalars_include_rel_mse_psnr_and_speed(seed_run):
+    run_dir, summary, _, events = seed_run
+    steps = list(range(0, 12, 2))
+    for tag in ["loss", "grad_norm", "learning_rate", "rel_mse", "psnr_db"]:
+        assert [e.step for e in events[tag]] == steps, tag
+    losses = values(events, "loss")
+    assert np.allclose(losses, summary["losses"][::2])
+    variance = summary["final_loss"] / summary["rel_mse"]  # as metrics.json defines rel_mse
+    assert np.allclose(values(events, "rel_mse"), np.array(losses) / variance, rtol=1e-5)
+    psnr = values(events, "psnr_db")
+    assert np.allclose(np.diff(psnr), -10 * np.diff(np.log10(losses)), atol=1e-3)
+    assert np.allclose(values(events, "learning_rate"), 3e-3)
+    speeds = values(events, "steps_per_sec")
+    assert [e.step for e in events["steps_per_sec"]] == steps[1:] and all(s > 0 for s in speeds)
+    # The end-of-run metrics that the HPARAMS tab compares, equal to metrics.json.
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert values(events, "final/loss") == pytest.approx([metrics["final_loss"]])
+    assert values(events, "final/rel_mse") == pytest.approx([metrics["rel_mse"]])
+    assert values(events, "final/psnr_db") == pytest.approx([metrics["psnr_db"]])
+    assert events["final/loss"][0].step == 12
+
+
+def test_pictures_at_start_every_n_and_end(seed_run):
+    _, _, _, events = seed_run
+    picture_tags = ["prediction", "kernels/effective"] + [f"kernels/conv_{i:02d}" for i in range(13)]
+    picture_tags += [f"activations/conv_{i:02d}" for i in range(13)]
+    for tag in picture_tags:
+        assert [e.step for e in events[tag]] == PICTURE_STEPS, tag
+
+    panel = png(events["prediction"][-1])
+    # 40x48 image, seed model and edge_blur both shrink by 21: four 19x27 panels with 4-px gaps.
+    assert panel.shape == (19, 4 * 27 + 3 * 4, 3)
+    assert len(np.unique(panel.reshape(-1, 3), axis=0)) > 50  # colour-mapped, not a few grey levels
+    first_layer = png(events["activations/conv_00"][0])
+    assert first_layer.shape[:2] == (39, 2 * 47 + 2)  # two 39x47 maps side by side
+    effective = png(events["kernels/effective"][0])
+    assert effective.shape[:2] == (22 * 8, 22 * 8)  # the 22x22 receptive field, enlarged 8x
+    assert not np.array_equal(png(events["kernels/conv_00"][0]), png(events["kernels/conv_00"][-1]))
+
+
+def test_histograms_of_weights_and_gradients_per_layer(seed_run):
+    _, _, _, events = seed_run
+    for layer in ["conv_00", "conv_12"]:
+        for kind in ["weights", "gradients"]:
+            for name in ["kernel", "bias"]:
+                assert [e.step for e in events[f"{kind}/{layer}/{name}"]] == PICTURE_STEPS
+    # A histogram's buckets [left, right, count] count every weight: conv_00 has 2x2x1x2.
+    buckets = tf.make_ndarray(events["weights/conv_00/kernel"][0].tensor_proto)
+    assert buckets[:, 2].sum() == 8
+    gradient = tf.make_ndarray(events["gradients/conv_12/kernel"][0].tensor_proto)
+    assert gradient[:, 2].sum() == 3 * 3 * 4 and np.abs(gradient[:, :2]).max() > 0
+
+
+def test_config_text_and_hparams(seed_run):
+    _, _, accumulator, events = seed_run
+    config = tf.make_ndarray(events["config"][0].tensor_proto).item().decode()
+    assert "optimizer:" in config and "lr: 0.003" in config
+
+    content = accumulator.SummaryMetadata(hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content
+    session = hparams_metadata.parse_session_start_info_plugin_data(content)
+    hparams = {name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+               for name, value in session.hparams.items()}
+    assert hparams == {
+        "model": "seed", "target": "edge_blur", "optimizer": "Adam", "lr": pytest.approx(3e-3),
+        "steps": 12, "seed": 0, "optimizer.lr": pytest.approx(3e-3), "data.height": 40,
+    }
+    content = accumulator.SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content
+    experiment = hparams_metadata.parse_experiment_plugin_data(content)
+    assert [m.name.tag for m in experiment.metric_infos] == ["final/loss", "final/rel_mse", "final/psnr_db"]
+    assert {h.name for h in experiment.hparam_infos} == set(hparams)
+
+
+def test_hparams_from_config_reads_typed_overrides():
+    cfg = compose_cfg("model=linear", "model.kernel_size=6", "+trainer.note=x")
+    overrides = ["model=linear", "model.kernel_size=6", "hydra.verbose=true", "~foo", "+trainer.note=x"]
+    assert hparams_from_config(cfg, overrides) == {
+        "model": "linear", "target": "edge_blur", "optimizer": "Adam", "lr": 1e-3, "steps": 12, "seed": 0,
+        "model.kernel_size": 6, "trainer.note": "x",
+    }
+
+
+def small_batch(model):
+    cfg = compose_cfg()
+    return make_batch(build(cfg, "data"), build(cfg, "target"), model)
+
+
+def test_every_part_can_be_switched_off(tmp_path):
+    model = linear(kernel_size=4)
+    logger = TensorBoardLogger(
+        tmp_path, small_batch(model), scalar_every=3, image_every=0,
+        kernels=False, activations=False, histograms=False,
+    )
+    with logger:
+        for step in range(7):
+            logger.on_step(step, {"loss": 0.5, "grad_norm": 1.0}, model)
+        logger.scalars(4, {"val_loss": 0.25})
+    _, events = read_events(tmp_path)
+    assert set(events) == {"loss", "grad_norm", "rel_mse", "psnr_db", "steps_per_sec", "val_loss", "prediction"}
+    assert [e.step for e in events["loss"]] == [0, 3, 6]
+    assert [e.step for e in events["prediction"]] == [0]  # image_every=0: only at the start
+    assert values(events, "val_loss") == [0.25]
+
+
+def test_effective_kernel_of_a_linear_model_is_its_kernel_next_to_the_targets(tmp_path):
+    model = linear(kernel_size=4)
+    kernel = model.layers[0].kernel.numpy()[:, :, 0, 0]
+    assert np.allclose(impulse_response(model), kernel, atol=1e-6)
+    assert impulse_response(sequential([dict(filters=1, kernel_size=3, padding="same")])) is None
+
+    target_kernel = np.ones((6, 6)) / 36
+    with TensorBoardLogger(tmp_path, small_batch(model), target_kernel=target_kernel) as logger:
+        logger.pictures(0, model)
+    _, events = read_events(tmp_path)
+    # Both on one enlargement (192 // 6 = 32 px a tap): 4x4 model kernel, 8-px gap, 6x6 target.
+    assert png(events["kernels/effective"][0]).shape[:2] == (6 * 32, 4 * 32 + 8 + 6 * 32)
+
+
+def test_logger_flushes_and_closes_when_training_fails(tmp_path):
+    model = linear(kernel_size=4)
+    batch = small_batch(model)
+    with pytest.raises(RuntimeError):
+        with TensorBoardLogger(tmp_path, batch, config_text="lr: 1") as logger:
+            logger.on_step(0, {"loss": 0.5}, model)
+            raise RuntimeError("diverged")
+    _, events = read_events(tmp_path)
+    assert values(events, "loss") == [0.5] and "config" in events and "prediction" in events
+    targets = batch.targets.numpy()
+    assert math.isclose(values(events, "rel_mse")[0], 0.5 / np.var(targets, dtype=np.float64), rel_tol=1e-5)
+    peak = float(targets.max() - targets.min())
+    assert math.isclose(values(events, "psnr_db")[0], 10 * math.log10(peak**2 / 0.5), rel_tol=1e-5)
