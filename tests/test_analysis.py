@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from scipy.signal import correlate2d
 
 from conftest import ROOT, TINY
@@ -90,24 +89,28 @@ def test_kernel_rel_error_centres_kernels_and_refuses_half_pixel_shifts():
         analysis.kernel_rel_error(np.ones((4, 4)), true)
 
 
-GAUSSIAN = {
-    "_target_": "convlearn.targets.Pipeline",
-    "name": "gaussian",
-    "steps": [{"_target_": "convlearn.targets.Convolve", "kernel": {"_target_": "convlearn.kernels.gaussian", "sigma": 1.0, "size": 5}}],
-}
-
-
-def gaussian_cfg(*overrides: str, trainer: str = "default"):
-    # trainer=lstsq has no steps or progress, so the tiny defaults for them are left out there.
+def tiny_cfg(*overrides: str, trainer: str = "default"):
+    # trainer=lstsq has no progress bar and always one step, so TINY's trainer keys stay out.
     tiny = [o for o in TINY if trainer == "default" or not o.startswith("trainer.")]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*tiny, f"trainer={trainer}", *overrides])
-    OmegaConf.update(cfg, "target", GAUSSIAN, merge=False)
-    return cfg
+        return compose(config_name="train", overrides=[*tiny, f"trainer={trainer}", *overrides])
+
+
+GAUSSIAN_5 = ("target=gaussian", "target.size=5")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [("target=gaussian",), ("target=custom", f"target.values={RNG.normal(size=(5, 5)).round(3).tolist()}")],
+    ids=["gaussian_7x7", "custom_5x5"],
+)
+def test_lstsq_recovers_preset_kernels(tmp_path, target):
+    cfg = tiny_cfg("model=linear", "model.kernel_size=7", *target, trainer="lstsq")
+    assert train(cfg, tmp_path)["kernel_rel_error"] < 1e-6
 
 
 def test_lstsq_trainer_solves_the_linear_model_and_writes_the_run_dir(tmp_path):
-    summary = train(gaussian_cfg("model=linear", "model.kernel_size=7", trainer="lstsq"), tmp_path)
+    summary = train(tiny_cfg("model=linear", "model.kernel_size=7", *GAUSSIAN_5, trainer="lstsq"), tmp_path)
     assert summary["kernel_rel_error"] < 1e-6 and summary["lstsq_rel_mse"] < 1e-10
     assert summary["steps"] == 1 and summary["final_loss"] < 1e-6 * summary["losses"][0]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -120,14 +123,15 @@ def test_lstsq_trainer_solves_the_linear_model_and_writes_the_run_dir(tmp_path):
 
 def test_training_a_linear_model_recovers_the_gaussian(tmp_path):
     # Noise makes the image's patches well conditioned, so Adam gets close in a few hundred steps.
-    cfg = gaussian_cfg("model=linear", "model.kernel_size=5", "trainer.steps=400", "optimizer.lr=1e-2", "data.noise=0.3")
+    cfg = tiny_cfg("model=linear", "model.kernel_size=5", *GAUSSIAN_5, "trainer.steps=400", "optimizer.lr=1e-2", "data.noise=0.3")
     summary = train(cfg, tmp_path)
     assert summary["kernel_rel_error"] < 1e-3 and summary["lstsq_rel_mse"] < 1e-10
 
 
 def test_deep_linear_composes_to_the_gaussian(tmp_path):
-    cfg = gaussian_cfg(
-        "model=deep_linear", "trainer.steps=800", "optimizer.lr=3e-2", "+optimizer.decay_steps=800", "data.noise=0.3"
+    cfg = tiny_cfg(
+        "model=deep_linear", *GAUSSIAN_5, "trainer.steps=800", "optimizer.lr=3e-2", "+optimizer.decay_steps=800",
+        "data.noise=0.3",
     )
     summary = train(cfg, tmp_path)
     # Starting from the identity (error ~3), two 3x3 layers end within a few percent of the 5x5.
@@ -139,7 +143,12 @@ def test_deep_linear_composes_to_the_gaussian(tmp_path):
 
 def test_lstsq_trainer_refuses_nonlinear_models(tmp_path):
     with pytest.raises(ConvlearnError, match="trainer=lstsq: model 'can' must be a single VALID conv"):
-        train(gaussian_cfg("model=can", "model.depth=2", "model.width=2", trainer="lstsq"), tmp_path)
+        train(tiny_cfg("model=can", "model.depth=2", "model.width=2", *GAUSSIAN_5, trainer="lstsq"), tmp_path)
+
+
+def test_lstsq_trainer_is_one_step():
+    with pytest.raises(ConvlearnError, match="trainer.steps: trainer=lstsq solves in exactly 1 step, got 12"):
+        analysis.LeastSquares(steps=12)
 
 
 def test_no_recovery_metrics_for_a_nonlinear_target(make_cfg, tmp_path):
