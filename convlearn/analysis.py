@@ -135,19 +135,21 @@ def lstsq_kernel(
             f"least squares: a {size[0]}x{size[1]} kernel on {images.shape[1]}x{images.shape[2]} images gives "
             f"{windows.shape[1]}x{windows.shape[2]} outputs, but the targets are {targets.shape[1]}x{targets.shape[2]}"
         )
-    patches = windows.reshape(-1, size[0] * size[1])
-    columns = [patches] + ([np.ones((len(patches), 1))] if use_bias else []) + [targets.reshape(-1, 1)]
-    unknowns = sum(c.shape[1] for c in columns) - 1
+    unknowns = size[0] * size[1] + int(use_bias)
+    rows_per_chunk = max(1, CHUNK_ROWS // windows.shape[2])
     r = np.zeros((0, unknowns + 1))
-    for start in range(0, len(patches), CHUNK_ROWS):
-        # Only R of [X | y] is needed: X^T X = R^T R, so R of the stacked chunks is R of all rows.
-        block = np.hstack([c[start : start + CHUNK_ROWS] for c in columns])
-        r = np.linalg.qr(np.vstack([r, block]), mode="r")
+    for image_windows, image_targets in zip(windows, targets):
+        for start in range(0, len(image_targets), rows_per_chunk):
+            patches = image_windows[start : start + rows_per_chunk].reshape(-1, size[0] * size[1])
+            wanted = image_targets[start : start + rows_per_chunk].reshape(-1, 1)
+            ones = [np.ones_like(wanted)] if use_bias else []
+            # Only R of [X | y] is needed: X^T X = R^T R, so R of the stacked chunks is R of all rows.
+            r = np.linalg.qr(np.vstack([r, np.hstack([patches, *ones, wanted])]), mode="r")
     solution = np.linalg.lstsq(r[:unknowns, :unknowns], r[:unknowns, unknowns], rcond=None)[0]
     residual = r[unknowns, unknowns] ** 2 if r.shape[0] > unknowns else 0.0
     kernel = solution[: size[0] * size[1]].reshape(size)
     bias = float(solution[-1]) if use_bias else 0.0
-    return kernel, bias, float(residual / len(patches))
+    return kernel, bias, float(residual / targets.size)
 
 
 def _windows_for(image: np.ndarray, outputs: tuple[slice, slice], size: tuple[int, int]) -> np.ndarray:
