@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from convlearn.analysis import recovery_metrics
 from convlearn.checkpoints import claim_run_dir
 from convlearn.config import build
 from convlearn.data import as_images, make_feed
@@ -73,6 +74,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
         if history.val_losses:
             summary["val_loss"] = history.val_losses[-1][1]
+        if target is not None:
+            summary.update(recovery_metrics(model, target, batch.inputs.numpy()[0]))
         logger.on_end(history.steps, model, summary)
     save_run(run_dir, model, summary)
     write_summary_png(run_dir / "summary.png", summary["losses"], batch, model, target_kernel)

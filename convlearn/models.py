@@ -1,9 +1,10 @@
 """Keras conv models to fit to a target, built from config.
 
-Every model is a ``keras.Sequential`` of stride-1 ``Conv2D`` layers on ``(height, width, channels)``
-images of any size. Layers get stable names (``conv_00``, ``conv_01``...) so that saved kernels
-and TensorBoard tags line up across runs. :func:`footprint` derives the receptive field and output
-shrink from the layers themselves, so the alignment crop is never written by hand.
+Every model is a ``keras.Sequential`` of stride-1 ``Conv2D`` layers (plus, where an architecture
+needs one, a :class:`Magnitude` layer) on ``(height, width, channels)`` images of any size. Conv
+layers get stable names (``conv_00``, ``conv_01``...) so that saved kernels and TensorBoard tags
+line up across runs. :func:`footprint` derives the receptive field and output shrink from the
+layers themselves, so the alignment crop is never written by hand.
 """
 
 from __future__ import annotations
@@ -11,27 +12,86 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from convlearn import geometry
 from convlearn.errors import ConvlearnError
 from convlearn.geometry import Footprint
 
 
-def sequential(layers: Sequence[Mapping], channels: int = 1, name: str = "sequential") -> keras.Sequential:
-    """A stack of Conv2D layers, each given as keyword arguments of ``keras.layers.Conv2D``.
+@keras.saving.register_keras_serializable(package="convlearn")
+class Magnitude(keras.layers.Layer):
+    """Euclidean norm over channels, ``sqrt(sum(x^2) + eps)``: the notebook's edge strength.
 
-    Written in YAML as a list, e.g. ``- {filters: 4, kernel_size: 3, activation: elu}``.
-    Unspecified arguments take Keras' defaults (VALID padding, Glorot-uniform kernels, zero bias).
+    ``eps`` keeps the gradient finite where every channel is zero.
+    """
+
+    def __init__(self, eps: float = 1e-12, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.eps = eps
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return keras.ops.sqrt(keras.ops.sum(keras.ops.square(inputs), axis=-1, keepdims=True) + self.eps)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (*input_shape[:-1], 1)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "eps": self.eps}
+
+
+@keras.saving.register_keras_serializable(package="convlearn")
+class Delta(keras.initializers.Initializer):
+    """A conv kernel that passes channel ``i`` to channel ``i`` through its centre tap, plus
+    Gaussian noise of ``stddev``: a deep linear stack starts near the identity map, where gradient
+    descent splits a kernel across layers far more reliably than from random kernels."""
+
+    def __init__(self, stddev: float = 0.01, seed: int | None = None) -> None:
+        self.stddev = stddev
+        self.seed = seed
+        self.noise = keras.initializers.RandomNormal(stddev=stddev, seed=seed)
+
+    def __call__(self, shape: tuple, dtype: str | None = None) -> tf.Tensor:
+        rows, cols, inputs, outputs = shape
+        delta = np.zeros(shape)
+        for channel in range(min(inputs, outputs)):
+            delta[(rows - 1) // 2, (cols - 1) // 2, channel, channel] = 1.0
+        return self.noise(shape, dtype) + keras.ops.convert_to_tensor(delta, dtype=dtype)
+
+    def get_config(self) -> dict:
+        return {"stddev": self.stddev, "seed": self.seed}
+
+
+# Layer types a YAML layer list may name with ``type``; conv is the default.
+LAYER_TYPES = ("conv", "magnitude")
+
+
+def sequential(layers: Sequence[Mapping], channels: int = 1, name: str = "sequential") -> keras.Sequential:
+    """A stack of layers, each given as a mapping; written in YAML as a list.
+
+    A conv layer (the default) takes the keyword arguments of ``keras.layers.Conv2D``, e.g.
+    ``{filters: 4, kernel_size: 3, dilation_rate: 2, activation: elu, padding: same,
+    kernel_initializer: he_normal, use_bias: false}``; unspecified ones take Keras' defaults (VALID
+    padding, Glorot-uniform kernels, zero bias). ``{type: magnitude}`` is the channel norm layer.
     """
     if not layers:
         raise ConvlearnError(f"model '{name}': needs at least one layer")
     stack = [keras.Input(shape=(None, None, channels))]
+    convs = 0
     for index, spec in enumerate(layers):
         spec = dict(spec)
-        if "filters" not in spec or "kernel_size" not in spec:
+        kind = spec.pop("type", "conv")
+        if kind not in LAYER_TYPES:
+            raise ConvlearnError(f"model '{name}': layer {index} type must be one of {list(LAYER_TYPES)}, got '{kind}'")
+        if kind == "conv" and ("filters" not in spec or "kernel_size" not in spec):
             raise ConvlearnError(f"model '{name}': layer {index} needs 'filters' and 'kernel_size', got {spec}")
         try:
-            stack.append(keras.layers.Conv2D(name=f"conv_{index:02d}", **spec))
+            if kind == "conv":
+                stack.append(keras.layers.Conv2D(name=f"conv_{convs:02d}", **spec))
+                convs += 1
+            else:
+                stack.append(Magnitude(name=f"magnitude_{index:02d}", **spec))
         except (TypeError, ValueError) as err:
             raise ConvlearnError(f"model '{name}': layer {index} {spec}: {err}") from None
     return keras.Sequential(stack, name=name)
@@ -67,13 +127,87 @@ def linear(kernel_size: int | Sequence[int] = 3, use_bias: bool = False, channel
     return sequential([layer], channels, name="linear")
 
 
+def deep_linear(
+    depth: int = 3,
+    width: int = 1,
+    kernel_size: int = 3,
+    use_bias: bool = False,
+    kernel_initializer: str = "delta",
+    channels: int = 1,
+) -> keras.Sequential:
+    """``depth`` linear convs of ``width`` filters (the last back to ``channels``).
+
+    Its end-to-end map is still one kernel, of size ``depth * (kernel_size - 1) + 1``: the point
+    is to watch how gradient descent splits that kernel across layers. ``kernel_initializer``:
+    ``delta`` (:class:`Delta`, near the identity) or any Keras initializer name.
+    """
+    if depth < 1 or width < 1:
+        raise ConvlearnError(f"model 'deep_linear': depth and width must be >= 1, got depth={depth}, width={width}")
+    initializer = Delta() if kernel_initializer == "delta" else kernel_initializer
+    layer = dict(kernel_size=kernel_size, use_bias=use_bias, kernel_initializer=initializer)
+    layers = [dict(layer, filters=width) for _ in range(depth - 1)] + [dict(layer, filters=channels)]
+    return sequential(layers, channels, name="deep_linear")
+
+
+def edge_blur_structured(
+    edge_size: int = 2,
+    blur_layers: int = 5,
+    blur_size: int = 5,
+    eps: float = 1e-12,
+    channels: int = 1,
+) -> keras.Sequential:
+    """The edge_blur target's own structure with learnable kernels, so it can match it exactly.
+
+    Two ``edge_size`` edge kernels, their :class:`Magnitude`, then ``blur_layers`` linear
+    ``blur_size`` convolutions. The blurs start as box filters (all weights equal, summing to 1):
+    a positive, smoothing start from which the blur is a short walk, where random signs would
+    leave the magnitude's output to be undone first.
+    """
+    box = keras.initializers.Constant(1.0 / blur_size**2)
+    layers = [
+        dict(filters=2, kernel_size=edge_size, use_bias=False),
+        dict(type="magnitude", eps=eps),
+        *[dict(filters=channels, kernel_size=blur_size, use_bias=False, kernel_initializer=box)] * blur_layers,
+    ]
+    return sequential(layers, channels, name="edge_blur_structured")
+
+
+def can(
+    depth: int = 5,
+    width: int = 16,
+    head_kernel_size: int = 1,
+    activation: str = "leaky_relu",
+    padding: str = "valid",
+    channels: int = 1,
+) -> keras.Sequential:
+    """A context aggregation network (Chen, Xu & Koltun, ICCV 2017) without its normalisation.
+
+    ``depth - 1`` 3x3 convs of ``width`` filters with dilations 1, 2, 4, ... (the receptive field
+    grows exponentially with depth), one more 3x3 at dilation 1, then a linear
+    ``head_kernel_size`` projection to ``channels``; a head of 2 makes the total shrink odd, as
+    for edge_blur.
+    """
+    if depth < 2:
+        raise ConvlearnError(f"model 'can': depth must be >= 2, got {depth}")
+    conv = dict(filters=width, kernel_size=3, activation=activation, padding=padding)
+    layers = [
+        *[dict(conv, dilation_rate=2**i) for i in range(depth - 1)],
+        conv,
+        dict(filters=channels, kernel_size=head_kernel_size, padding=padding),
+    ]
+    return sequential(layers, channels, name="can")
+
+
 def conv_layers(model: keras.Model) -> list[keras.layers.Conv2D]:
     """The model's Conv2D layers, in order."""
     return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
 
 
 def footprint(model: keras.Model) -> Footprint:
-    """Receptive field and output shrink of a stack of stride-1 convolutions."""
+    """Receptive field and output shrink of a stack of stride-1 convolutions.
+
+    Layers other than convolutions act pixel by pixel, so they add nothing.
+    """
     parts = []
     for layer in conv_layers(model):
         if tuple(layer.strides) != (1, 1):

@@ -1,7 +1,12 @@
 import keras
 import numpy as np
+import pytest
 
 from convlearn import models
+from convlearn.config import build
+from convlearn.errors import ConvlearnError
+from convlearn.kernels import edge_horizontal, edge_vertical, gaussian_273
+from convlearn.targets import Combine, Convolve, Pipeline, Repeat
 
 
 def test_seed_model_is_the_notebooks_13_layers():
@@ -32,3 +37,70 @@ def test_linear_model_is_one_kernel_without_activation():
 def test_layer_names_are_stable_across_builds():
     assert [l.name for l in models.conv_layers(models.seed())] == [f"conv_{i:02d}" for i in range(13)]
     assert [l.name for l in models.conv_layers(models.seed())] == [f"conv_{i:02d}" for i in range(13)]
+
+
+def test_yaml_sequential_builds_the_notebooks_model(make_cfg):
+    model = build(make_cfg("model=sequential"), "model")
+    notebook = models.seed()
+    assert model.count_params() == 1672
+    assert [l.kernel.shape for l in models.conv_layers(model)] == [l.kernel.shape for l in models.conv_layers(notebook)]
+    assert [l.activation for l in models.conv_layers(model)] == [keras.activations.elu] * 13
+    assert models.footprint(model) == models.footprint(notebook)
+
+
+def test_sequential_takes_padding_dilation_initializer_and_magnitude_layers():
+    model = models.sequential(
+        [
+            dict(filters=3, kernel_size=3, dilation_rate=2, padding="valid", kernel_initializer="ones", use_bias=False),
+            dict(type="magnitude"),
+            dict(filters=1, kernel_size=2, padding="same", activation="relu"),
+        ]
+    )
+    first, last = models.conv_layers(model)
+    assert [first.name, last.name] == ["conv_00", "conv_01"]
+    assert np.all(first.kernel.numpy() == 1.0) and tuple(first.dilation_rate) == (2, 2)
+    # Dilation 2 spreads the 3x3 taps over 5x5; 'same' and the magnitude layer keep the size.
+    fp = models.footprint(model)
+    assert fp.shrink == (4, 4) and fp.extent == (6, 6)
+    assert model(np.ones((1, 11, 12, 1), np.float32)).shape == (1, 7, 8, 1)
+
+
+def test_unknown_layer_type_is_a_user_error():
+    with pytest.raises(ConvlearnError, match="layer 1 type must be one of \\['conv', 'magnitude'\\], got 'pool'"):
+        models.sequential([dict(filters=1, kernel_size=3), dict(type="pool")])
+
+
+def test_can_receptive_field_grows_with_dilation():
+    model = models.can(depth=4, width=4)
+    dilations = [tuple(l.dilation_rate) for l in models.conv_layers(model)]
+    assert dilations == [(1, 1), (2, 2), (4, 4), (1, 1), (1, 1)]
+    # 3x3 at dilations 1, 2, 4, then 1: 2 * (1 + 2 + 4 + 1) = 16 pixels of shrink.
+    assert models.footprint(model).shrink == (16, 16)
+    assert model(np.zeros((1, 20, 21, 1), np.float32)).shape == (1, 4, 5, 1)
+    same = models.can(depth=4, width=4, padding="same", head_kernel_size=2)
+    assert models.footprint(same).shrink == (0, 0) and models.footprint(same).extent == (18, 18)
+
+
+def test_edge_blur_structured_represents_edge_blur_exactly_and_reloads(tmp_path):
+    target = Pipeline([Combine([edge_vertical(), edge_horizontal()]), Repeat(Convolve(gaussian_273()), 5)])
+    model = models.edge_blur_structured()
+    edge, *blurs = models.conv_layers(model)
+    edge.kernel.assign(np.stack([edge_vertical(), edge_horizontal()], -1)[:, :, None, :])
+    for blur in blurs:
+        blur.kernel.assign(gaussian_273()[:, :, None, None])
+    assert models.footprint(model) == target.footprint
+
+    image = np.random.default_rng(0).random((30, 32)).astype(np.float32)
+    out = model(image[None, ..., None])[0, ..., 0].numpy()
+    assert np.allclose(out, target.apply(image), atol=1e-5)
+
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert np.array_equal(reloaded(image[None, ..., None])[0, ..., 0].numpy(), out)
+
+
+def test_deep_linear_shapes():
+    model = models.deep_linear(depth=3, width=2, kernel_size=3)
+    assert [l.kernel.shape for l in models.conv_layers(model)] == [(3, 3, 1, 2), (3, 3, 2, 2), (3, 3, 2, 1)]
+    assert all(l.activation is keras.activations.linear and not l.use_bias for l in models.conv_layers(model))
+    assert models.footprint(model).extent == (7, 7)

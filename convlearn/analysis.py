@@ -1,0 +1,262 @@
+"""Kernel analysis: what single kernel a model computes, and the best any single kernel can do.
+
+The notebook asks whether the first layers "indeed extract the edges"; this module answers in
+numbers. :func:`effective_kernel` turns any model into one kernel (exactly for a stack of linear
+convs, the input gradient of one output pixel otherwise); :func:`lstsq_kernel` finds the best
+kernel of a given size in closed form; :func:`recovery_metrics` compares a trained model with a
+linear target's true kernel, and :class:`LeastSquares` is a trainer that solves a linear model
+instead of training it. Kernels are in cross-correlation order, like Keras' ``Conv2D``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from convlearn import geometry
+from convlearn.errors import ConvlearnError
+from convlearn.models import conv_layers, footprint
+from convlearn.targets import Pipeline, compose_kernels
+from convlearn.training import Batch, History, StepLogger, mse
+
+# Rows of the design matrix per QR update: large enough for fast BLAS, small enough to keep
+# memory flat on big images and kernels.
+CHUNK_ROWS = 8192
+
+
+def _dilated(kernel: np.ndarray, dilation: tuple[int, int]) -> np.ndarray:
+    """The kernel with ``dilation - 1`` zeros between its taps: what a dilated conv applies."""
+    rows, cols = kernel.shape[:2]
+    out = np.zeros(((rows - 1) * dilation[0] + 1, (cols - 1) * dilation[1] + 1, *kernel.shape[2:]))
+    out[:: dilation[0], :: dilation[1]] = kernel
+    return out
+
+
+def _is_linear_stack(model: keras.Model) -> bool:
+    convs = conv_layers(model)
+    return len(convs) == len(model.layers) and all(layer.activation is keras.activations.linear for layer in convs)
+
+
+def composed_kernel(model: keras.Model) -> np.ndarray:
+    """The single ``(rows, cols, in, out)`` kernel of a stack of linear convs (biases ignored).
+
+    Correlating with ``a`` then ``b`` is correlating with their full convolution; over several
+    channels the compositions are summed over the channels in between.
+    """
+    if not _is_linear_stack(model):
+        raise ConvlearnError(f"model '{model.name}': composed_kernel needs convs without activations only")
+    total = None
+    for layer in conv_layers(model):
+        kernel = _dilated(np.asarray(layer.kernel.numpy(), np.float64), tuple(layer.dilation_rate))
+        if total is None:
+            total = kernel
+            continue
+        rows, cols = total.shape[0] + kernel.shape[0] - 1, total.shape[1] + kernel.shape[1] - 1
+        out = np.zeros((rows, cols, total.shape[2], kernel.shape[3]))
+        for a, mid, b in np.ndindex(total.shape[2], total.shape[3], kernel.shape[3]):
+            out[:, :, a, b] += compose_kernels([total[:, :, a, mid], kernel[:, :, mid, b]])
+        total = out
+    return total
+
+
+def linearised_kernel(model: keras.Model, image: np.ndarray | None = None, channel: int = 0) -> np.ndarray:
+    """The gradient of the centre output pixel with respect to its receptive field: the kernel
+    the model applies to small changes of ``image`` (``(H, W)`` or ``(H, W, C)``) around that pixel.
+
+    Without an image the model is linearised at a zero input of twice its receptive field. For a
+    linear model this is its kernel exactly, whatever the image. Returns ``(rows, cols, in)``.
+    """
+    fp = footprint(model)
+    if image is None:
+        image = np.zeros((2 * fp.extent[0], 2 * fp.extent[1], model.input_shape[-1]))
+    image = np.asarray(image, np.float32)
+    inputs = tf.constant(image[None, ..., None] if image.ndim == 2 else image[None])
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = model(inputs, training=False)
+        centre = [size // 2 for size in outputs.shape[1:3]]
+        pixel = outputs[0, centre[0], centre[1], channel]
+    gradient = tape.gradient(pixel, inputs)[0].numpy().astype(np.float64)
+    # The pixel's receptive field starts half an extent before its (doubled) centre position.
+    start = [(fp.shift2[axis] + 2 * centre[axis] - (fp.extent[axis] - 1)) // 2 for axis in (0, 1)]
+    if min(start) < 0 or any(start[a] + fp.extent[a] > image.shape[a] for a in (0, 1)):
+        raise ConvlearnError(
+            f"linearised kernel: image {image.shape[0]}x{image.shape[1]} does not hold the centre pixel's "
+            f"receptive field {fp.extent[0]}x{fp.extent[1]}"
+        )
+    return gradient[start[0] : start[0] + fp.extent[0], start[1] : start[1] + fp.extent[1]]
+
+
+def effective_kernel(model: keras.Model, image: np.ndarray | None = None) -> np.ndarray:
+    """The 2-D kernel from input channel 0 to output channel 0: composed exactly for a linear
+    stack, linearised at the centre of ``image`` otherwise."""
+    if _is_linear_stack(model):
+        return composed_kernel(model)[:, :, 0, 0]
+    return linearised_kernel(model, image)[:, :, 0]
+
+
+def kernel_rel_error(learned: np.ndarray, true: np.ndarray) -> float:
+    """``||learned - true|| / ||true||`` with both kernels zero-padded, centred, to one size."""
+    shape = [max(a, b) for a, b in zip(learned.shape, true.shape)]
+    if any((s - a) % 2 or (s - b) % 2 for s, a, b in zip(shape, learned.shape, true.shape)):
+        raise ConvlearnError(
+            f"kernels {learned.shape} and {true.shape} cannot be centred on each other: their sizes "
+            "must differ by an even number"
+        )
+
+    def centred(kernel: np.ndarray) -> np.ndarray:
+        pad = [((s - k) // 2, (s - k) // 2) for s, k in zip(shape, kernel.shape)]
+        return np.pad(np.asarray(kernel, np.float64), pad)
+
+    return float(np.linalg.norm(centred(learned) - centred(true)) / np.linalg.norm(true))
+
+
+def lstsq_kernel(
+    images: np.ndarray, targets: np.ndarray, size: tuple[int, int], use_bias: bool = False
+) -> tuple[np.ndarray, float, float]:
+    """The ``size`` kernel (and bias) whose VALID correlation with ``images`` best fits ``targets``.
+
+    ``images`` is one ``(H, W)`` image or a stack ``(N, H, W)``, and ``targets`` the
+    ``(H - rows + 1, W - cols + 1)`` values wanted at the kernel's VALID outputs (stacked alike).
+    Solved in float64 by a chunked QR of ``[patches | targets]`` (im2col + least squares without
+    the whole design matrix in memory). Returns (kernel, bias, mean squared residual).
+    """
+    images = np.asarray(images, np.float64)
+    targets = np.asarray(targets, np.float64)
+    if images.ndim == 2:
+        images, targets = images[None], targets[None]
+    windows = np.lib.stride_tricks.sliding_window_view(images, size, axis=(1, 2))
+    if windows.shape[:3] != targets.shape:
+        raise ConvlearnError(
+            f"least squares: a {size[0]}x{size[1]} kernel on {images.shape[1]}x{images.shape[2]} images gives "
+            f"{windows.shape[1]}x{windows.shape[2]} outputs, but the targets are {targets.shape[1]}x{targets.shape[2]}"
+        )
+    unknowns = size[0] * size[1] + int(use_bias)
+    rows_per_chunk = max(1, CHUNK_ROWS // windows.shape[2])
+    r = np.zeros((0, unknowns + 1))
+    for image_windows, image_targets in zip(windows, targets):
+        for start in range(0, len(image_targets), rows_per_chunk):
+            patches = image_windows[start : start + rows_per_chunk].reshape(-1, size[0] * size[1])
+            wanted = image_targets[start : start + rows_per_chunk].reshape(-1, 1)
+            ones = [np.ones_like(wanted)] if use_bias else []
+            # Only R of [X | y] is needed: X^T X = R^T R, so R of the stacked chunks is R of all rows.
+            r = np.linalg.qr(np.vstack([r, np.hstack([patches, *ones, wanted])]), mode="r")
+    solution = np.linalg.lstsq(r[:unknowns, :unknowns], r[:unknowns, unknowns], rcond=None)[0]
+    residual = r[unknowns, unknowns] ** 2 if r.shape[0] > unknowns else 0.0
+    kernel = solution[: size[0] * size[1]].reshape(size)
+    bias = float(solution[-1]) if use_bias else 0.0
+    return kernel, bias, float(residual / targets.size)
+
+
+def _windows_for(image: np.ndarray, outputs: tuple[slice, slice], size: tuple[int, int]) -> np.ndarray:
+    """The input pixels that a ``size`` VALID conv reads to produce ``outputs`` (rows, cols) of
+    ``image``, ``(H, W)`` or ``(N, H, W)``."""
+    rows, cols = outputs
+    return image[..., rows.start : rows.stop + size[0] - 1, cols.start : cols.stop + size[1] - 1]
+
+
+def _aligned(image: np.ndarray, target: Pipeline, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Input window and target values over the pixels a ``size`` VALID conv and the target both
+    cover (the crop training uses)."""
+    crops = geometry.align(geometry.conv(size), target.footprint, image.shape)
+    return _windows_for(image, crops.model, size), target.apply(image)[crops.target]
+
+
+def lstsq_fit(
+    image: np.ndarray, target: Pipeline, size: tuple[int, int], use_bias: bool = False
+) -> tuple[np.ndarray, float, float]:
+    """The best ``size`` kernel for ``target`` on the ``(H, W)`` ``image``, over the pixels the
+    kernel and the target both cover. Returns (kernel, bias, MSE)."""
+    return lstsq_kernel(*_aligned(np.asarray(image, np.float64), target, size), size, use_bias)
+
+
+def recovery_metrics(model: keras.Model, target: Pipeline, image: np.ndarray) -> dict[str, float]:
+    """``kernel_rel_error`` of the model's effective kernel against a linear target's kernel,
+    and ``lstsq_rel_mse``: MSE over the target's variance of the best single kernel as large as
+    the model's receptive field (the best any linear model of that size can do). Empty for a
+    non-linear target or an image of several channels. ``image``: ``(H, W)`` or ``(H, W, 1)``."""
+    true = target.linear_kernel()
+    image = np.asarray(image, np.float64)
+    if true is None or (image.ndim == 3 and image.shape[-1] != 1):
+        return {}
+    image = image.reshape(image.shape[:2])
+    # A kernel larger than the true one fits no better (both fit exactly), so solve the smaller
+    # problem: a 22x22 receptive field would otherwise cost a 484-unknown least squares.
+    size = tuple(min(e, t) for e, t in zip(footprint(model).extent, true.shape))
+    window, targets = _aligned(image, target, size)
+    _, _, residual = lstsq_kernel(window, targets, size)
+    return {
+        "kernel_rel_error": kernel_rel_error(effective_kernel(model, image), true),
+        "lstsq_rel_mse": residual / float(np.var(targets, dtype=np.float64)),
+    }
+
+
+class LeastSquares:
+    """A trainer that solves a one-layer linear model in closed form instead of training it.
+
+    Same interface as :class:`convlearn.training.Trainer`; the history holds one step, the loss
+    of the model before it was solved. The optimizer is not used.
+    """
+
+    def __init__(self, steps: int = 1, seed: int = 0, deterministic: bool = True) -> None:
+        # ``steps`` is there so that every trainer config has one (the HPARAMS table reads it).
+        if steps != 1:
+            raise ConvlearnError(f"trainer.steps: trainer=lstsq solves in exactly 1 step, got {steps}")
+        self.steps = steps
+        self.seed = seed
+        self.deterministic = deterministic
+        self.resume = False  # a one-step solve has nothing to resume
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        """The solve runs on one device: no distribution scope."""
+        return contextlib.nullcontext()
+
+    def fit(
+        self,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        batch: Batch | Iterable,
+        logger: StepLogger | None = None,
+        validation: Sequence[Batch] = (),
+        checkpoint_dir: Path | None = None,
+    ) -> History:
+        """Solve on the full-frame ``batch`` (all its images at once); ``validation`` batches get
+        their MSE recorded after the solve, as the trainer does at its last step. A solve takes
+        seconds, so nothing is written to ``checkpoint_dir``."""
+        if not isinstance(batch, Batch):
+            raise ConvlearnError(
+                "trainer=lstsq: solves on whole images only, but the data come as random patches; "
+                "unset data.patch_size"
+            )
+        convs = conv_layers(model)
+        if not (_is_linear_stack(model) and len(convs) == 1 and convs[0].padding == "valid"):
+            raise ConvlearnError(
+                f"trainer=lstsq: model '{model.name}' must be a single VALID conv without activation "
+                "(model=linear); train other models with trainer=default"
+            )
+        (layer,) = convs
+        if layer.kernel.shape[2:] != (1, 1) or tuple(layer.dilation_rate) != (1, 1):
+            raise ConvlearnError(
+                f"trainer=lstsq: model '{model.name}' must map 1 channel to 1 without dilation, got kernel "
+                f"{tuple(layer.kernel.shape)} dilation {tuple(layer.dilation_rate)}"
+            )
+        start = time.perf_counter()
+        history = History(losses=[mse(model, batch)])
+        if logger is not None:
+            logger.on_step(0, {"loss": history.losses[0]}, model)
+        size = tuple(layer.kernel_size)
+        window = _windows_for(batch.inputs.numpy()[..., 0], batch.crops.model, size)
+        kernel, bias, _ = lstsq_kernel(window, batch.targets.numpy()[..., 0], size, layer.use_bias)
+        layer.kernel.assign(kernel[:, :, None, None].astype(layer.kernel.dtype))
+        if layer.use_bias:
+            layer.bias.assign(np.array([bias], layer.bias.dtype))
+        history.wall_seconds = time.perf_counter() - start
+        if validation:
+            history.val_losses.append((1, float(np.mean([mse(model, v) for v in validation]))))
+        return history

@@ -1,0 +1,157 @@
+"""Kernel analysis: composition, linearisation, least squares, recovery metrics, trainer=lstsq."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from scipy.signal import correlate2d
+
+from conftest import ROOT, TINY
+from convlearn import analysis, models
+from convlearn.errors import ConvlearnError
+from convlearn.kernels import gaussian, sobel
+from convlearn.targets import Convolve, Pipeline
+from train import train
+
+RNG = np.random.default_rng(0)
+
+
+def randomise(model: keras.Model) -> keras.Model:
+    for layer in models.conv_layers(model):
+        layer.kernel.assign(RNG.normal(size=layer.kernel.shape).astype(np.float32))
+    return model
+
+
+def test_composed_kernel_equals_applying_the_stack():
+    # Several channels and a dilated layer: the composition sums over the channels in between.
+    model = randomise(
+        models.sequential(
+            [
+                dict(filters=2, kernel_size=2, use_bias=False),
+                dict(filters=3, kernel_size=3, dilation_rate=2, use_bias=False),
+                dict(filters=1, kernel_size=(1, 3), use_bias=False),
+            ]
+        )
+    )
+    kernel = analysis.composed_kernel(model)
+    assert kernel.shape == (6, 8, 1, 1)
+    image = RNG.random((15, 17))
+    direct = model(image[None, ..., None].astype(np.float32))[0, ..., 0].numpy()
+    assert np.allclose(direct, correlate2d(image, kernel[:, :, 0, 0], mode="valid"), atol=1e-4)
+
+
+def test_linearised_kernel_of_a_linear_model_is_its_kernel():
+    model = randomise(models.linear(kernel_size=(3, 4)))
+    kernel = models.conv_layers(model)[0].kernel.numpy()[:, :, 0, 0]
+    image = RNG.random((9, 11))
+    assert np.allclose(analysis.linearised_kernel(model, image)[:, :, 0], kernel, atol=1e-6)
+    deep = randomise(models.deep_linear(depth=3, width=2))
+    assert np.allclose(analysis.linearised_kernel(deep)[:, :, 0], analysis.composed_kernel(deep)[:, :, 0, 0], atol=1e-4)
+
+
+def test_linearised_kernel_of_a_nonlinear_model_is_its_input_gradient():
+    # relu(k * x) at an input where k * x > 0 everywhere acts like k; where < 0, like zero.
+    model = models.sequential([dict(filters=1, kernel_size=3, activation="relu", kernel_initializer="ones")])
+    assert np.array_equal(analysis.linearised_kernel(model, np.ones((5, 5)))[:, :, 0], np.ones((3, 3)))
+    assert np.array_equal(analysis.linearised_kernel(model, -np.ones((5, 5)))[:, :, 0], np.zeros((3, 3)))
+    assert analysis.effective_kernel(models.seed(), RNG.random((30, 30))).shape == (22, 22)
+
+
+def test_lstsq_recovers_a_known_kernel_and_bias_exactly(monkeypatch):
+    monkeypatch.setattr(analysis, "CHUNK_ROWS", 100)  # many QR updates, as on a large image
+    image = RNG.random((30, 40))
+    kernel = RNG.normal(size=(4, 5))
+    targets = correlate2d(image, kernel, mode="valid") + 0.25
+    found, bias, residual = analysis.lstsq_kernel(image, targets, (4, 5), use_bias=True)
+    assert np.abs(found - kernel).max() < 1e-10 and abs(bias - 0.25) < 1e-10 and residual < 1e-20
+    # Without the bias column the constant cannot be fitted, and the residual says so.
+    assert analysis.lstsq_kernel(image, targets, (4, 5))[2] > 1e-4
+    # A stack of images is one problem: two halves of the image give the same answer.
+    halves = np.stack([image[:, :20], image[:, 20:]]), np.stack([targets[:, :16], targets[:, 20:36]])
+    assert np.abs(analysis.lstsq_kernel(*halves, (4, 5), use_bias=True)[0] - kernel).max() < 1e-10
+
+
+def test_lstsq_fit_aligns_a_larger_kernel_with_the_target():
+    true = sobel("x")
+    image = RNG.random((25, 30))
+    kernel, _, residual = analysis.lstsq_fit(image, Pipeline([Convolve(true)]), (5, 5))
+    # The 3x3 Sobel sits in the centre of the best 5x5 kernel; float32 targets limit the precision.
+    assert analysis.kernel_rel_error(kernel, true) < 1e-6 and residual < 1e-12
+    assert np.abs(kernel[[0, -1]]).max() < 1e-6
+
+
+def test_kernel_rel_error_centres_kernels_and_refuses_half_pixel_shifts():
+    true = gaussian(1.0, 3)
+    assert analysis.kernel_rel_error(np.pad(true, 1), true) == 0.0
+    assert np.isclose(analysis.kernel_rel_error(2 * true, true), 1.0)
+    with pytest.raises(ConvlearnError, match="differ by an even number"):
+        analysis.kernel_rel_error(np.ones((4, 4)), true)
+
+
+def tiny_cfg(*overrides: str, trainer: str = "default"):
+    # trainer=lstsq has no progress bar and always one step, so TINY's trainer keys stay out.
+    tiny = [o for o in TINY if trainer == "default" or not o.startswith("trainer.")]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="train", overrides=[*tiny, f"trainer={trainer}", *overrides])
+
+
+GAUSSIAN_5 = ("target=gaussian", "target.size=5")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [("target=gaussian",), ("target=custom", f"target.values={RNG.normal(size=(5, 5)).round(3).tolist()}")],
+    ids=["gaussian_7x7", "custom_5x5"],
+)
+def test_lstsq_recovers_preset_kernels(tmp_path, target):
+    cfg = tiny_cfg("model=linear", "model.kernel_size=7", *target, trainer="lstsq")
+    assert train(cfg, tmp_path)["kernel_rel_error"] < 1e-6
+
+
+def test_lstsq_trainer_solves_the_linear_model_and_writes_the_run_dir(tmp_path):
+    summary = train(tiny_cfg("model=linear", "model.kernel_size=7", *GAUSSIAN_5, trainer="lstsq"), tmp_path)
+    assert summary["kernel_rel_error"] < 1e-6 and summary["lstsq_rel_mse"] < 1e-10
+    assert summary["steps"] == 1 and summary["final_loss"] < 1e-6 * summary["losses"][0]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["kernel_rel_error"] == summary["kernel_rel_error"] and np.isfinite(metrics["psnr_db"])
+    with np.load(tmp_path / "kernels.npz", allow_pickle=False) as saved:
+        assert analysis.kernel_rel_error(saved["conv_00"][:, :, 0, 0], gaussian(1.0, 5)) < 1e-6
+        reloaded = keras.saving.load_model(tmp_path / "model.keras")
+        assert np.array_equal(reloaded.layers[0].kernel.numpy(), saved["conv_00"])
+
+
+def test_training_a_linear_model_recovers_the_gaussian(tmp_path):
+    # Noise makes the image's patches well conditioned, so Adam gets close in a few hundred steps.
+    cfg = tiny_cfg("model=linear", "model.kernel_size=5", *GAUSSIAN_5, "trainer.steps=400", "optimizer.lr=1e-2", "data.noise=0.3")
+    summary = train(cfg, tmp_path)
+    assert summary["kernel_rel_error"] < 1e-3 and summary["lstsq_rel_mse"] < 1e-10
+
+
+def test_deep_linear_composes_to_the_gaussian(tmp_path):
+    cfg = tiny_cfg(
+        "model=deep_linear", *GAUSSIAN_5, "trainer.steps=800", "optimizer.lr=3e-2", "+optimizer.decay_steps=800",
+        "data.noise=0.3",
+    )
+    summary = train(cfg, tmp_path)
+    # Starting from the identity (error ~3), two 3x3 layers end within a few percent of the 5x5.
+    assert summary["kernel_rel_error"] < 0.1 and summary["psnr_db"] > 45
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    composed = analysis.composed_kernel(reloaded)[:, :, 0, 0]
+    assert np.isclose(analysis.kernel_rel_error(composed, gaussian(1.0, 5)), summary["kernel_rel_error"])
+
+
+def test_lstsq_trainer_refuses_nonlinear_models(tmp_path):
+    with pytest.raises(ConvlearnError, match="trainer=lstsq: model 'can' must be a single VALID conv"):
+        train(tiny_cfg("model=can", "model.depth=2", "model.width=2", *GAUSSIAN_5, trainer="lstsq"), tmp_path)
+
+
+def test_lstsq_trainer_is_one_step():
+    with pytest.raises(ConvlearnError, match="trainer.steps: trainer=lstsq solves in exactly 1 step, got 12"):
+        analysis.LeastSquares(steps=12)
+
+
+def test_no_recovery_metrics_for_a_nonlinear_target(make_cfg, tmp_path):
+    summary = train(make_cfg("model=linear", "trainer.steps=2"), tmp_path)
+    assert "kernel_rel_error" not in summary and "lstsq_rel_mse" not in summary
