@@ -29,6 +29,7 @@ from convlearn.checkpoints import claim_run_dir
 from convlearn.config import build
 from convlearn.data import as_images, make_feed
 from convlearn.errors import ConvlearnError
+from convlearn.geometry import Footprint
 from convlearn.logs import hparams_from_config
 from convlearn.report import write_summary_png
 from convlearn.summary import metrics, save_run, target_stats
@@ -51,7 +52,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
     # data=pairs brings its target images: no target transform is built.
     target = None if images.given_targets else build(cfg, "target")
     with trainer.scope():  # variables of a distributed model and its optimizer live on every device
-        model = build(cfg, "model", **images.model_kwargs())
+        # The target's footprint lets `auto` kernel sizes line the model's output up with it.
+        model = build(cfg, "model", target=Footprint() if target is None else target.footprint, **images.model_kwargs())
         optimizer = build(cfg, "optimizer")
     feed = make_feed(images, target, model, seed=trainer.seed)
     batch = feed.preview

@@ -29,7 +29,9 @@ from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.image import metadata as image_metadata
 
 from convlearn import pictures
-from convlearn.models import conv_layers, footprint
+from convlearn.analysis import effective_kernel
+from convlearn.errors import ConvlearnError
+from convlearn.models import conv_layers
 from convlearn.summary import psnr_db
 from convlearn.training import Batch
 
@@ -119,7 +121,7 @@ class TensorBoardLogger:
             if self.kernels:
                 for layer in conv_layers(model):
                     write_image(f"kernels/{layer.name}", pictures.kernel_grid(np.asarray(layer.kernel.numpy())))
-                effective = effective_kernels(model, self.target_kernel)
+                effective = effective_kernels(model, self.target_kernel, self.batch)
                 if effective:
                     write_image("kernels/effective", pictures.kernel_row(effective))
             if self.activations:
@@ -191,26 +193,14 @@ def layer_outputs(model: keras.Model, inputs: tf.Tensor | np.ndarray) -> dict[st
     return outputs
 
 
-def impulse_response(model: keras.Model) -> np.ndarray | None:
-    """The model's effective kernel: its response to a unit impulse, less its response to zeros,
-    as a correlation kernel the size of its receptive field. Exact for a linear model; for a
-    non-linear one it is the response to this one impulse. None if the model pads (SAME)."""
-    height, width = footprint(model).extent
-    channels = model.input_shape[-1]
-    zeros = np.zeros((1, 2 * height - 1, 2 * width - 1, channels), np.float32)
-    impulse = zeros.copy()
-    impulse[0, height - 1, width - 1, 0] = 1.0
-    response = (model(impulse, training=False) - model(zeros, training=False)).numpy()[0, ..., 0]
-    if response.shape != (height, width):
-        return None
-    # Output pixel (i, j) saw the impulse through kernel tap (h-1-i, w-1-j): flip to get the kernel.
-    return response[::-1, ::-1].astype(np.float64)
+def effective_kernels(model: keras.Model, target_kernel: np.ndarray | None, batch: Batch) -> list[np.ndarray]:
+    """[model's effective kernel, target's kernel if there is one], for a side-by-side picture.
 
-
-def effective_kernels(model: keras.Model, target_kernel: np.ndarray | None) -> list[np.ndarray]:
-    """[model's effective kernel, target's kernel if there is one], for a side-by-side picture."""
-    model_kernel = impulse_response(model)
-    if model_kernel is None:
+    The model's is exact for a linear stack and linearised at the centre of the batch's first
+    image otherwise; none when that image cannot hold the model's receptive field."""
+    try:
+        model_kernel = effective_kernel(model, batch.inputs.numpy()[0])
+    except ConvlearnError:
         return []
     return [model_kernel] if target_kernel is None else [model_kernel, np.asarray(target_kernel, np.float64)]
 

@@ -10,6 +10,7 @@ layers themselves, so the alignment crop is never written by hand.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import keras
 import numpy as np
@@ -66,17 +67,62 @@ class Delta(keras.initializers.Initializer):
 # Layer types a YAML layer list may name with ``type``; conv is the default.
 LAYER_TYPES = ("conv", "magnitude")
 
+# A kernel size: one number, [rows, cols], or "auto": the size that lines the model's output up
+# with the target's (see :func:`sequential` and :func:`linear`).
+Size = int | Sequence[int] | Literal["auto"]
 
-def sequential(layers: Sequence[Mapping], channels: int = 1, name: str = "sequential") -> keras.Sequential:
+
+def _auto_sized(layers: list[dict], target: Footprint | None, name: str) -> list[dict]:
+    """Give the layer whose ``kernel_size`` is ``auto`` 2 or 3 per axis, whichever makes the
+    model's output centres fall on the target's (whole or half pixels, see geometry.align)."""
+    autos = [index for index, spec in enumerate(layers) if spec.get("kernel_size") == "auto"]
+    if not autos:
+        return layers
+    if len(autos) > 1:
+        raise ConvlearnError(f"model '{name}': at most one layer may have kernel_size auto, got layers {autos}")
+    if target is None:
+        raise ConvlearnError(f"model '{name}': kernel_size auto needs the target's footprint to line up with")
+    (index,) = autos
+    layers = [dict(spec) for spec in layers]
+    layers[index]["kernel_size"] = 1
+    rest = geometry.chain([_conv_footprint(spec) for spec in layers if spec.get("type", "conv") == "conv"])
+    dilation = _pair(layers[index].get("dilation_rate", 1))
+    size = []
+    for axis in (0, 1):
+        odd_span = (target.shift2[axis] - rest.shift2[axis]) % 2
+        if odd_span and dilation[axis] % 2 == 0:
+            raise ConvlearnError(
+                f"model '{name}': layer {index} has kernel_size auto but an even dilation_rate "
+                f"{dilation[axis]}, which cannot move its output by half a pixel to meet the target"
+            )
+        size.append(2 if odd_span else 3)
+    layers[index]["kernel_size"] = tuple(size)
+    return layers
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _conv_footprint(spec: Mapping) -> Footprint:
+    return geometry.conv(_pair(spec["kernel_size"]), spec.get("padding", "valid"), _pair(spec.get("dilation_rate", 1)))
+
+
+def sequential(
+    layers: Sequence[Mapping], channels: int = 1, name: str = "sequential", target: Footprint | None = None
+) -> keras.Sequential:
     """A stack of layers, each given as a mapping; written in YAML as a list.
 
     A conv layer (the default) takes the keyword arguments of ``keras.layers.Conv2D``, e.g.
     ``{filters: 4, kernel_size: 3, dilation_rate: 2, activation: elu, padding: same,
     kernel_initializer: he_normal, use_bias: false}``; unspecified ones take Keras' defaults (VALID
     padding, Glorot-uniform kernels, zero bias). ``{type: magnitude}`` is the channel norm layer.
+    One layer may have ``kernel_size: auto``: 2 or 3 per axis, whichever lines the output up with
+    ``target`` (the target transform's footprint, which ``train.py`` passes to every model).
     """
     if not layers:
         raise ConvlearnError(f"model '{name}': needs at least one layer")
+    layers = _auto_sized([dict(spec) for spec in layers], target, name)
     stack = [keras.Input(shape=(None, None, channels))]
     convs = 0
     for index, spec in enumerate(layers):
@@ -100,31 +146,49 @@ def sequential(layers: Sequence[Mapping], channels: int = 1, name: str = "sequen
 def seed(
     activation: str = "elu",
     edge_filters: int = 2,
+    edge_size: Size = 2,
     width: int = 100,
     blur_layers: int = 9,
     blur_filters: int = 4,
     channels: int = 1,
+    target: Footprint | None = None,
 ) -> keras.Sequential:
     """The notebook's 13-layer model, with its sizes as parameters.
 
     A 2x2 "edge" layer, a 1x1 mixing block (``width`` filters, then 1), ``blur_layers`` 3x3
     layers of ``blur_filters`` and a final 3x3 layer to one channel; every layer uses
-    ``activation``. The defaults are the notebook's (1672 weights).
+    ``activation``. The defaults are the notebook's (1672 weights). ``edge_size: auto`` (the
+    config's default) keeps the 2x2 edge layer where it lines up with the target and makes it 3x3
+    for targets with a centred odd kernel (sobel, gaussian...), which a 2x2 layer is half a pixel
+    away from.
     """
     layers = [
-        dict(filters=edge_filters, kernel_size=2),
+        dict(filters=edge_filters, kernel_size=edge_size),
         dict(filters=width, kernel_size=1),
         dict(filters=1, kernel_size=1),
         *[dict(filters=blur_filters, kernel_size=3) for _ in range(blur_layers)],
         dict(filters=channels, kernel_size=3),
     ]
-    return sequential([dict(spec, activation=activation) for spec in layers], channels, name="seed")
+    return sequential([dict(spec, activation=activation) for spec in layers], channels, "seed", target)
 
 
-def linear(kernel_size: int | Sequence[int] = 3, use_bias: bool = False, channels: int = 1) -> keras.Sequential:
-    """One Conv2D without activation: the model that can learn exactly one linear kernel."""
+def linear(
+    kernel_size: Size = 3, use_bias: bool = False, channels: int = 1, target: Footprint | None = None
+) -> keras.Sequential:
+    """One Conv2D without activation: the model that can learn exactly one linear kernel.
+
+    ``kernel_size: auto`` takes the target's receptive field, so a linear target's own kernel is
+    within reach (and the outputs line up).
+    """
+    if kernel_size == "auto":
+        if target is None or target.extent == (1, 1):
+            raise ConvlearnError(
+                "model.kernel_size: auto takes the target transform's size, but there is none "
+                "(data=pairs); give a size, e.g. model.kernel_size=5"
+            )
+        kernel_size = target.extent
     layer = dict(filters=channels, kernel_size=kernel_size, use_bias=use_bias)
-    return sequential([layer], channels, name="linear")
+    return sequential([layer], channels, "linear", target)
 
 
 def deep_linear(
@@ -134,6 +198,7 @@ def deep_linear(
     use_bias: bool = False,
     kernel_initializer: str = "delta",
     channels: int = 1,
+    target: Footprint | None = None,
 ) -> keras.Sequential:
     """``depth`` linear convs of ``width`` filters (the last back to ``channels``).
 
@@ -146,15 +211,16 @@ def deep_linear(
     initializer = Delta() if kernel_initializer == "delta" else kernel_initializer
     layer = dict(kernel_size=kernel_size, use_bias=use_bias, kernel_initializer=initializer)
     layers = [dict(layer, filters=width) for _ in range(depth - 1)] + [dict(layer, filters=channels)]
-    return sequential(layers, channels, name="deep_linear")
+    return sequential(layers, channels, "deep_linear", target)
 
 
 def edge_blur_structured(
-    edge_size: int = 2,
+    edge_size: Size = 2,
     blur_layers: int = 5,
     blur_size: int = 5,
     eps: float = 1e-12,
     channels: int = 1,
+    target: Footprint | None = None,
 ) -> keras.Sequential:
     """The edge_blur target's own structure with learnable kernels, so it can match it exactly.
 
@@ -169,23 +235,24 @@ def edge_blur_structured(
         dict(type="magnitude", eps=eps),
         *[dict(filters=channels, kernel_size=blur_size, use_bias=False, kernel_initializer=box)] * blur_layers,
     ]
-    return sequential(layers, channels, name="edge_blur_structured")
+    return sequential(layers, channels, "edge_blur_structured", target)
 
 
 def can(
     depth: int = 5,
     width: int = 16,
-    head_kernel_size: int = 1,
+    head_kernel_size: Size = 1,
     activation: str = "leaky_relu",
     padding: str = "valid",
     channels: int = 1,
+    target: Footprint | None = None,
 ) -> keras.Sequential:
     """A context aggregation network (Chen, Xu & Koltun, ICCV 2017) without its normalisation.
 
     ``depth - 1`` 3x3 convs of ``width`` filters with dilations 1, 2, 4, ... (the receptive field
     grows exponentially with depth), one more 3x3 at dilation 1, then a linear
     ``head_kernel_size`` projection to ``channels``; a head of 2 makes the total shrink odd, as
-    for edge_blur.
+    for edge_blur (``auto`` picks 2 or 3, whichever lines up with the target).
     """
     if depth < 2:
         raise ConvlearnError(f"model 'can': depth must be >= 2, got {depth}")
@@ -195,7 +262,7 @@ def can(
         conv,
         dict(filters=channels, kernel_size=head_kernel_size, padding=padding),
     ]
-    return sequential(layers, channels, name="can")
+    return sequential(layers, channels, "can", target)
 
 
 def conv_layers(model: keras.Model) -> list[keras.layers.Conv2D]:

@@ -40,7 +40,7 @@ def write_summary_png(
 
     first = conv_layers(model)[0]
     _show_rgb(figure.add_subplot(grid[0, 2]), pictures.kernel_grid(first.kernel.numpy()), f"{first.name} kernels")
-    effective = effective_kernels(model, target_kernel)
+    effective = effective_kernels(model, target_kernel, batch)
     title = "effective kernel: model | target" if len(effective) == 2 else "effective kernel (model)"
     if effective:
         _show_rgb(figure.add_subplot(grid[0, 3]), pictures.kernel_row(effective), title)

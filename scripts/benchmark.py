@@ -162,7 +162,7 @@ def run_row(spec: dict) -> dict:
         train, preview = batch, batch
     else:
         seed_everything(trainer.seed, trainer.deterministic)
-        model = build(cfg, "model")
+        model = build(cfg, "model", target=target.footprint)
         feed = make_feed(images, target, model, seed=trainer.seed)
         train, preview = feed.train, feed.preview
         optimizer = build(cfg, "optimizer")

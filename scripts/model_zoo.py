@@ -37,14 +37,16 @@ TARGETS: dict[str, list[str]] = {
 }
 
 # Overrides per model for targets whose shrink is (odd, even): the model's shrink must have the
-# same parity or the outputs sit half a pixel apart. {extent} is the target's receptive field.
+# same parity or the outputs sit half a pixel apart. Most configs follow the target by themselves
+# (`auto` kernel sizes; linear's is the target's receptive field); deep_linear's stack of equal
+# kernels has no such knob.
 MODELS: dict[str, tuple[list[str], list[str]]] = {
-    "linear": (["model=linear", "model.kernel_size={extent}"],) * 2,
-    "linear, trainer=lstsq": (["model=linear", "model.kernel_size={extent}", "trainer=lstsq"],) * 2,
+    "linear": (["model=linear"],) * 2,
+    "linear, trainer=lstsq": (["model=linear", "trainer=lstsq"],) * 2,
     "deep_linear": (["model=deep_linear", "model.depth=7", "model.kernel_size=4"], ["model=deep_linear"]),
-    "seed": (["model=seed", "optimizer.lr=3e-3"], ["model=sequential", "model.layers.0.kernel_size=3", "optimizer.lr=3e-3"]),
-    "edge_blur_structured": (["model=edge_blur_structured"], ["model=edge_blur_structured", "model.edge_size=3"]),
-    "can": (["model=can", "model.head_kernel_size=2", "optimizer.lr=3e-3"], ["model=can", "optimizer.lr=3e-3"]),
+    "seed": (["model=seed", "optimizer.lr=3e-3"],) * 2,
+    "edge_blur_structured": (["model=edge_blur_structured", "model.edge_size=auto"],) * 2,
+    "can": (["model=can", "optimizer.lr=3e-3"],) * 2,
 }
 
 
@@ -62,8 +64,7 @@ def compose_run(overrides: list[str], args: argparse.Namespace) -> DictConfig:
 def model_overrides(variants: tuple[list[str], list[str]], target: list[str], args: argparse.Namespace) -> list[str]:
     """The variant of a model whose shrink has the parity of the target's."""
     footprint = build(compose_run(target, args), "target").footprint
-    variant = variants[0] if footprint.shrink[0] % 2 else variants[1]
-    return [o.format(extent=footprint.extent[0]) for o in variant]
+    return variants[0] if footprint.shrink[0] % 2 else variants[1]
 
 
 def table(rows: dict[str, dict[str, str]]) -> str:

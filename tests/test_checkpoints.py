@@ -103,7 +103,7 @@ def test_nonfinite_loss_stops_the_run_as_failed_with_a_checkpoint(make_cfg, tmp_
     # The checkpoint and the saved kernels hold the same finite weights: the bad update never landed.
     saved = kernels(tmp_path)["conv_00"]
     assert np.all(np.isfinite(saved))
-    model, optimizer = build(cfg, "model"), build(cfg, "optimizer")
+    model, optimizer = build(cfg, "model", target=build(cfg, "target").footprint), build(cfg, "optimizer")
     optimizer.build(model.trainable_variables)
     losses, _ = Checkpoints(tmp_path / "checkpoints", model, optimizer, tf.random.Generator.from_seed(0)).restore()
     assert losses == metrics["losses"]
@@ -130,7 +130,7 @@ def test_two_seeded_runs_are_bit_identical(make_cfg, tmp_path):
 
 def test_checkpoint_restores_the_data_generator(make_cfg, tmp_path):
     cfg = make_cfg("model=linear")
-    model, optimizer = build(cfg, "model"), build(cfg, "optimizer")
+    model, optimizer = build(cfg, "model", target=build(cfg, "target").footprint), build(cfg, "optimizer")
     optimizer.build(model.trainable_variables)
     rng = tf.random.Generator.from_seed(5)
     rng.normal([3])

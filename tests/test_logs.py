@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import ROOT, TINY
 from convlearn.config import build
-from convlearn.logs import TensorBoardLogger, hparams_from_config, impulse_response
+from convlearn.logs import TensorBoardLogger, effective_kernels, hparams_from_config
 from convlearn.models import linear, sequential
 from convlearn.training import make_batch
 from train import train
@@ -157,8 +157,9 @@ def test_every_part_can_be_switched_off(tmp_path):
 def test_effective_kernel_of_a_linear_model_is_its_kernel_next_to_the_targets(tmp_path):
     model = linear(kernel_size=4)
     kernel = model.layers[0].kernel.numpy()[:, :, 0, 0]
-    assert np.allclose(impulse_response(model), kernel, atol=1e-6)
-    assert impulse_response(sequential([dict(filters=1, kernel_size=3, padding="same")])) is None
+    assert np.allclose(effective_kernels(model, None, small_batch(model))[0], kernel, atol=1e-6)
+    padded = sequential([dict(filters=1, kernel_size=2, padding="same")])  # 2x2: lines up with edge_blur
+    assert np.allclose(effective_kernels(padded, None, small_batch(padded))[0], padded.layers[0].kernel.numpy()[..., 0, 0])
 
     target_kernel = np.ones((6, 6)) / 36
     with TensorBoardLogger(tmp_path, small_batch(model), target_kernel=target_kernel) as logger:

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from convlearn import models
+from convlearn import geometry, models
 from convlearn.config import build
 from convlearn.errors import ConvlearnError
 from convlearn.kernels import edge_horizontal, edge_vertical, gaussian_273
@@ -104,3 +104,39 @@ def test_deep_linear_shapes():
     assert [l.kernel.shape for l in models.conv_layers(model)] == [(3, 3, 1, 2), (3, 3, 2, 2), (3, 3, 2, 1)]
     assert all(l.activation is keras.activations.linear and not l.use_bias for l in models.conv_layers(model))
     assert models.footprint(model).extent == (7, 7)
+
+
+def test_auto_sizes_line_the_model_up_with_the_target() -> None:
+    odd_kernel = geometry.conv((3, 3))  # e.g. sobel: output centres on whole pixels
+    edge_blur = geometry.chain([geometry.conv((2, 2)), geometry.conv((5, 5))])  # centres on half pixels
+    mixed = geometry.conv((3, 4))
+    for target, edge in [(odd_kernel, (3, 3)), (edge_blur, (2, 2)), (mixed, (3, 2))]:
+        model = models.seed(edge_size="auto", target=target)
+        assert tuple(models.conv_layers(model)[0].kernel_size) == edge
+        geometry.align(models.footprint(model), target, (60, 60))  # raises if half a pixel apart
+        head = models.conv_layers(models.can(depth=3, width=2, head_kernel_size="auto", target=target))[-1]
+        assert tuple(head.kernel_size) == edge
+    assert tuple(models.conv_layers(models.linear("auto", target=edge_blur))[0].kernel_size) == (6, 6)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: models.seed(edge_size="auto"), "model 'seed': kernel_size auto needs the target's footprint"),
+        (lambda: models.linear("auto", target=geometry.Footprint()), "model.kernel_size: auto takes the target"),
+        (
+            lambda: models.sequential([{"filters": 1, "kernel_size": "auto"}] * 2, target=geometry.Footprint()),
+            "model 'sequential': at most one layer may have kernel_size auto, got layers [0, 1]",
+        ),
+        (
+            lambda: models.sequential(
+                [{"filters": 1, "kernel_size": "auto", "dilation_rate": 2}], target=geometry.conv((2, 2))
+            ),
+            "model 'sequential': layer 0 has kernel_size auto but an even dilation_rate 2",
+        ),
+    ],
+)
+def test_auto_size_mistakes_are_one_line_errors(make, message: str) -> None:
+    with pytest.raises(ConvlearnError) as info:
+        make()
+    assert str(info.value).startswith(message)

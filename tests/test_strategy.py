@@ -34,7 +34,7 @@ def fit(strategy):
     trainer = build(cfg, "trainer", strategy=strategy)
     seed_everything(trainer.seed)
     with trainer.scope():
-        model = build(cfg, "model")
+        model = build(cfg, "model", target=target.footprint)
         optimizer = build(cfg, "optimizer")
     # Two different images, so that each replica gets its own share of the batch.
     images = np.stack([build(cfg, "data", seed=seed) for seed in (1, 2)])[..., None]
