@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 import tensorflow as tf
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 from convlearn import perf
 from convlearn.config import build
 from convlearn.errors import ConvlearnError
@@ -36,10 +35,7 @@ def keep_policy():
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark")
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):

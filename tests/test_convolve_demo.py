@@ -1,17 +1,14 @@
 """scripts/convolve_demo.py on a tiny image: the notebook's arrays, its figures, its errors."""
 
-import importlib.util
 
 import numpy as np
 from PIL import Image
 
-from conftest import ROOT
+from conftest import load_script
 from convlearn.data import shapes
 from test_targets import reference_edge_blur, reference_valid
 
-spec = importlib.util.spec_from_file_location("convolve_demo", ROOT / "scripts" / "convolve_demo.py")
-demo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(demo)
+demo = load_script("convolve_demo")
 
 
 def test_demo_writes_the_notebooks_arrays_and_figures(tmp_path):

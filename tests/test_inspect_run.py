@@ -1,6 +1,5 @@
 """scripts/inspect_run.py: a finished run's metrics and its per-layer activation figure."""
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -8,19 +7,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, load_script
 from convlearn.config import build
 from train import train
-
-SCRIPT = ROOT / "scripts" / "inspect_run.py"
 
 
 @pytest.fixture(scope="module")
 def inspect_run():
-    spec = importlib.util.spec_from_file_location("inspect_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("inspect_run")
 
 
 @pytest.fixture(scope="module")
