@@ -13,9 +13,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import tensorflow as tf
-
 from convlearn.errors import ConvlearnError
+from convlearn.perf import set_threads
 from convlearn.summary import write_json
 
 # Metrics a sweeper can minimise; all are "lower is better".
@@ -70,8 +69,9 @@ def share_cores(n_jobs: int | None, cpus: int | None = None) -> int | None:
     """Size TensorFlow's thread pools for a job run next to others; returns the threads chosen.
 
     TensorFlow reads these settings once, when it starts; a worker process that runs several jobs
-    keeps the first job's setting, which is the same for every job of a sweep, so nothing is done
-    then and None is returned. Jobs run one at a time keep TensorFlow's defaults (all cores).
+    keeps the first job's setting, the same for every job of a sweep. Where TensorFlow already
+    runs with another size nothing is done and None is returned. Jobs run one at a time keep
+    TensorFlow's defaults (all cores).
     """
     cpus = cpus or len(os.sched_getaffinity(0))  # the cores this process may use, not the machine's
     jobs = parallel_jobs(n_jobs, cpus)
@@ -79,8 +79,7 @@ def share_cores(n_jobs: int | None, cpus: int | None = None) -> int | None:
         return None
     threads = threads_per_job(jobs, cpus)
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
+        set_threads([threads, threads])
+    except ConvlearnError:  # TensorFlow already runs here with another size
         return None
     return threads
