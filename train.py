@@ -29,11 +29,11 @@ from convlearn.checkpoints import claim_run_dir
 from convlearn.config import build
 from convlearn.data import as_images, make_feed
 from convlearn.errors import ConvlearnError
-from convlearn.geometry import Footprint
 from convlearn.logs import hparams_from_config
 from convlearn.report import write_summary_png
 from convlearn.summary import metrics, save_run, target_stats
 from convlearn.sweep import check_objective, objective, record_failure, share_cores
+from convlearn.targets import footprint_of
 from convlearn.training import mse, seed_everything
 from convlearn.validation import validate
 
@@ -53,7 +53,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
     target = None if images.given_targets else build(cfg, "target")
     with trainer.scope():  # variables of a distributed model and its optimizer live on every device
         # The target's footprint lets `auto` kernel sizes line the model's output up with it.
-        model = build(cfg, "model", target=Footprint() if target is None else target.footprint, **images.model_kwargs())
+        model = build(cfg, "model", target=footprint_of(target), **images.model_kwargs())
         optimizer = build(cfg, "optimizer")
     feed = make_feed(images, target, model, seed=trainer.seed)
     batch = feed.preview
@@ -74,8 +74,6 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
             model, optimizer, feed.train, logger, validation=feed.validation, checkpoint_dir=checkpoint_dir
         )
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
-        if history.val_losses:
-            summary["val_loss"] = history.val_losses[-1][1]
         if target is not None:
             summary.update(recovery_metrics(model, target, batch.inputs.numpy()[0]))
         logger.on_end(history.steps, model, summary)

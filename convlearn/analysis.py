@@ -23,7 +23,7 @@ from convlearn import geometry
 from convlearn.errors import ConvlearnError
 from convlearn.models import conv_layers, footprint
 from convlearn.targets import Pipeline, compose_kernels
-from convlearn.training import Batch, History, StepLogger, mse
+from convlearn.training import Batch, History, StepLogger, mse, validation_loss
 
 # Rows of the design matrix per QR update: large enough for fast BLAS, small enough to keep
 # memory flat on big images and kernels.
@@ -258,5 +258,5 @@ class LeastSquares:
             layer.bias.assign(np.array([bias], layer.bias.dtype))
         history.wall_seconds = time.perf_counter() - start
         if validation:
-            history.val_losses.append((1, float(np.mean([mse(model, v) for v in validation]))))
+            history.val_losses.append((1, validation_loss(model, validation)))
         return history

@@ -24,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 from convlearn.errors import ConvlearnError
-from convlearn.geometry import Crops, Footprint, align
+from convlearn.geometry import Crops, align
 from convlearn.models import footprint
-from convlearn.targets import Pipeline
+from convlearn.targets import Pipeline, footprint_of
 from convlearn.training import Batch, make_batch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -425,7 +425,8 @@ def make_feed(images: Images, target: Pipeline | None, model: keras.Model, seed:
             )
         stacked = np.stack(images.train)
         full = make_batch(stacked, target, model, given=np.stack(images.train_targets) if given else None)
-        return Feed(train=full, validation=validation, preview=batch(0, train=True))
+        preview = full if len(images.train) == 1 else batch(0, train=True)
+        return Feed(train=full, validation=validation, preview=preview)
     small = [_size(image.shape[:2]) for image in images.train if min(image.shape[:2]) < patch]
     if small:
         raise ConvlearnError(f"data.patch_size: {patch} is larger than training image(s) {', '.join(small[:5])}")
@@ -443,7 +444,7 @@ def _patch_stream(images: Images, target: Pipeline | None, model: keras.Model, s
     """Batches of random crops drawn with a seeded NumPy generator (same seed, same patches);
     the target transform runs on each batch inside the pipeline."""
     patch, channels, count = images.patch_size, images.train[0].shape[-1], images.batch_size
-    crops = align(footprint(model), target.footprint if target is not None else Footprint(), (patch, patch))
+    crops = align(footprint(model), footprint_of(target), (patch, patch))
     rows, cols = crops.target
     sources = [images.train] + ([images.train_targets] if target is None else [])
 

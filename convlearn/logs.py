@@ -155,7 +155,7 @@ class TensorBoardLogger:
         layers = conv_layers(model)
         variables = [(layer.name, weight) for layer in layers for weight in layer.trainable_weights]
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(self.batch.predict(model) - self.batch.targets))
+            loss = self.batch.loss(model)
         grads = tape.gradient(loss, [weight for _, weight in variables])
         for (layer_name, weight), grad in zip(variables, grads):
             tf.summary.histogram(f"weights/{layer_name}/{weight.name}", weight)

@@ -35,7 +35,7 @@ def metrics(history: History, final_mse: float, targets: np.ndarray) -> dict:
     """The run summary written to ``metrics.json``."""
     variance, peak = target_stats(targets)
     losses = history.losses + [final_mse]
-    return {
+    summary = {
         **history.outcome(),
         "final_loss": final_mse,
         "best_loss": float(np.nanmin(losses)),
@@ -46,6 +46,9 @@ def metrics(history: History, final_mse: float, targets: np.ndarray) -> dict:
         "steps_per_sec": history.steps_per_sec,
         "losses": history.losses,
     }
+    if history.val_losses:
+        summary["val_loss"] = history.val_losses[-1][1]  # at the last step
+    return summary
 
 
 def psnr_db(peak: float, mse: float) -> float:

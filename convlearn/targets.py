@@ -173,6 +173,12 @@ class Pipeline:
         return None if any(k is None for k in kernels) else compose_kernels(kernels)
 
 
+def footprint_of(target: Pipeline | None) -> Footprint:
+    """A target transform's footprint; without one (data=pairs, whose target images are given
+    pixel for pixel) the identity."""
+    return Footprint() if target is None else target.footprint
+
+
 def compose_kernels(kernels: Sequence[np.ndarray]) -> np.ndarray:
     """One kernel equal to correlating with each of ``kernels`` in turn (VALID, no border).
 

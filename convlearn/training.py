@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from convlearn import distribute
 from convlearn.checkpoints import Checkpoints
-from convlearn.geometry import Crops, Footprint, align
+from convlearn.geometry import Crops, align
 from convlearn.models import footprint
 from convlearn.optim import current_lr
 from convlearn.perf import set_precision, set_threads
-from convlearn.targets import Pipeline
+from convlearn.targets import Pipeline, footprint_of
 
 
 @dataclass
@@ -44,6 +44,10 @@ class Batch:
         """The model's output on the inputs, cut to the compared region, in float32."""
         rows, cols = self.crops.model
         return tf.cast(model(self.inputs, training=False)[:, rows, cols, :], tf.float32)
+
+    def loss(self, model: keras.Model) -> tf.Tensor:
+        """MSE of the model's output against the targets, over the compared pixels."""
+        return tf.reduce_mean(tf.square(self.predict(model) - self.targets))
 
 
 @dataclass
@@ -189,7 +193,7 @@ class Trainer:
                 scalars = {"loss": loss, "grad_norm": grad_norm, "learning_rate": current_lr(optimizer)}
                 logger.on_step(step, scalars, model)
             if validation and ((step + 1) % self.val_every == 0 or step + 1 == self.steps):
-                val_loss = float(np.mean([mse(model, v) for v in validation]))
+                val_loss = validation_loss(model, validation)
                 history.val_losses.append((step + 1, val_loss))
                 if logger is not None:
                     logger.scalars(step + 1, {"val_loss": val_loss})
@@ -201,7 +205,6 @@ class Trainer:
         bar.close()
         self._checkpoint(checkpoints, history, every=1)
         return history
-
 
     def _guard(self, step: int, finite: bool, loss: float, grad_norm: float, history: History) -> bool:
         """Record a non-finite step (its update was not applied); False when the run must stop."""
@@ -276,7 +279,12 @@ def _until_signal(steps: Iterable[int], history: History) -> Iterator[int]:
 
 def mse(model: keras.Model, batch: Batch) -> float:
     """Mean squared error of the model on the batch, over the compared pixels."""
-    return float(tf.reduce_mean(tf.square(batch.predict(model) - batch.targets)))
+    return float(batch.loss(model))
+
+
+def validation_loss(model: keras.Model, validation: Sequence[Batch]) -> float:
+    """Mean MSE over the validation batches."""
+    return float(np.mean([mse(model, batch) for batch in validation]))
 
 
 def make_batch(
@@ -287,7 +295,7 @@ def make_batch(
     targets are ``given`` images of the same shape (data=pairs), aligned pixel for pixel."""
     image = np.asarray(image, np.float32)
     inputs = tf.constant(image[None, ..., None] if image.ndim == 2 else image)
-    crops = align(footprint(model), Footprint() if target is None else target.footprint, tuple(inputs.shape[1:3]))
+    crops = align(footprint(model), footprint_of(target), tuple(inputs.shape[1:3]))
     rows, cols = crops.target
     full = target(inputs) if target is not None else tf.constant(np.reshape(np.asarray(given, np.float32), inputs.shape))
     return Batch(inputs=inputs, targets=full[:, rows, cols, :], crops=crops)
