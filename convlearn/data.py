@@ -350,8 +350,13 @@ def _list_images(path: str, key: str) -> dict[str, Path]:
     files = sorted(f for f in directory.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
     if not files:
         raise ConvlearnError(f"{key}: no images ({', '.join(suffixes)}) in folder {directory}")
+    inside = directory.resolve()
     by_stem: dict[str, Path] = {}
     for f in files:
+        if not f.resolve().is_relative_to(inside):
+            raise ConvlearnError(
+                f"{key}: {f.name} in {directory} is a link to {f.resolve()}, outside the folder; copy the file in instead"
+            )
         if f.stem in by_stem:
             raise ConvlearnError(f"{key}: two images named {f.stem} in {directory} ({by_stem[f.stem].name}, {f.name})")
         by_stem[f.stem] = f

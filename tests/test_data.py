@@ -186,6 +186,20 @@ def test_empty_and_missing_folders(tmp_path):
         pairs(str(tmp_path / "ok"), str(tmp_path / "ok"), patch_size=0)
 
 
+def test_links_out_of_the_data_folder_are_refused(tmp_path):
+    write_images(tmp_path / "data", 2)
+    write_images(tmp_path / "elsewhere", 1, seed=1)
+    (tmp_path / "data" / "inner.npy").symlink_to(tmp_path / "data" / "img0.npy")  # inside: fine
+    assert len(folder(str(tmp_path / "data"), val_fraction=0).train) == 3
+    (tmp_path / "data" / "outer.npy").symlink_to(tmp_path / "elsewhere" / "img0.npy")
+    with pytest.raises(ConvlearnError) as info:
+        folder(str(tmp_path / "data"))
+    assert str(info.value) == (
+        f"data.path: outer.npy in {tmp_path / 'data'} is a link to {tmp_path / 'elsewhere' / 'img0.npy'}, "
+        "outside the folder; copy the file in instead"
+    )
+
+
 def test_patch_stream_computes_the_target_on_each_patch_and_is_seeded(tmp_path):
     write_images(tmp_path, 2, height=60, width=70)
     images = folder(str(tmp_path), patch_size=32, batch_size=3, val_fraction=0.5)
