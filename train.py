@@ -14,7 +14,6 @@ its kernels and TensorBoard events.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from convlearn.analysis import recovery_metrics
 from convlearn.checkpoints import claim_run_dir
 from convlearn.config import build
 from convlearn.data import as_images, make_feed
-from convlearn.errors import ConvlearnError
+from convlearn.errors import ConvlearnError, full_error_wanted
 from convlearn.logs import hparams_from_config
 from convlearn.report import write_summary_png
 from convlearn.summary import metrics, save_run, target_stats
@@ -110,7 +109,7 @@ def main(cfg: DictConfig) -> float:
             log.info("TensorFlow uses %d thread(s) per pool, sharing the cores with parallel jobs", threads)
         summary = train(cfg, run_dir, hydra_cfg.overrides.task)
     except ConvlearnError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if full_error_wanted():
             raise
         if not in_sweep:
             sys.exit(f"convlearn: error: {err}")

@@ -5,6 +5,13 @@ image too small for the model, a misaligned target). ``train.py`` prints its mes
 and exits non-zero instead of showing a traceback; anything else is a bug and keeps its traceback.
 """
 
+import os
+
 
 class ConvlearnError(Exception):
     """A mistake in the user's config or data, explained in one line."""
+
+
+def full_error_wanted() -> bool:
+    """Whether the user set ``HYDRA_FULL_ERROR=1`` (Hydra's switch) to see tracebacks instead of one line."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere, without in
 
 from convlearn.config import build  # noqa: E402
 from convlearn.data import load_image  # noqa: E402
-from convlearn.errors import ConvlearnError  # noqa: E402
+from convlearn.errors import ConvlearnError, full_error_wanted  # noqa: E402
 from convlearn.report import write_activation_figure  # noqa: E402
 
 SHOWN_METRICS = ["status", "final_loss", "best_loss", "rel_mse", "psnr_db", "steps", "steps_per_sec"]
@@ -68,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         inspect(args.run_dir, args.image, args.out)
     except ConvlearnError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if full_error_wanted():
             raise
         print(f"convlearn: error: {err}", file=sys.stderr)
         return 1
