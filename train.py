@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from convlearn.analysis import recovery_metrics
 from convlearn.checkpoints import claim_run_dir
-from convlearn.config import build
+from convlearn.config import build, one_line_composition_errors
 from convlearn.data import as_images, make_feed
 from convlearn.errors import ConvlearnError, full_error_wanted
 from convlearn.logs import hparams_from_config
@@ -127,4 +127,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_composition_errors():  # model=bogus or trainer.stepz=3: one line, like convlearn's checks
+        main()

@@ -1,5 +1,6 @@
 """User mistakes in configs and inputs: each fails before training with one exact line."""
 
+import os
 import subprocess
 import sys
 
@@ -9,9 +10,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY
+from convlearn.config import one_line_composition_errors
 from convlearn.errors import ConvlearnError
 from convlearn.validation import validate
-from train import train
+from train import main, train
 
 TRAINER_KEYS = "checkpoint_every, deterministic, keep_checkpoints, on_nonfinite, precision, progress, resume, seed, steps, strategy, threads, val_every"
 
@@ -140,28 +142,93 @@ def test_a_run_dir_is_never_shared_and_resume_needs_a_checkpoint(make_cfg, tmp_p
     )
 
 
-def test_cli_prints_the_message_without_a_traceback(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *TINY, "optimizer.lr=-1", f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+def run_train_py(*args, env=None, cwd):
+    """``python train.py *args`` on the tiny image; ``-m`` may lead ``args``."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, *TINY], capture_output=True, text=True, cwd=cwd, timeout=120,
+        env=env,
     )
+
+
+def test_cli_prints_the_message_without_a_traceback(tmp_path):
+    result = run_train_py("optimizer.lr=-1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == "convlearn: error: optimizer.lr: must be > 0, got -1"
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "tb").exists()
 
 
-def test_cli_unknown_preset_lists_the_options_without_a_traceback(tmp_path):
-    # Hydra reports a config file that does not exist while composing, before convlearn runs.
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "model=bogus", f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
-    )
+MODELS = "can, deep_linear, edge_blur_structured, linear, seed, sequential"
+NEW_KEY = "no such key in the config (add it with +{0}=... if it is meant to be new)"
+
+# Mistakes Hydra finds while composing the config, before convlearn's code runs: override -> the exact line.
+COMPOSE_CASES = {
+    "model=bogus": f"model=bogus: no such option; model is one of {MODELS}",
+    "experiment=nope": "experiment=nope: no such option; experiment is one of fast, seed_notebook",
+    "optimizer=bogus": "optimizer=bogus: no such option; optimizer is one of adam, sgd",
+    "hydra/launcher=nope": (
+        "hydra/launcher=nope: no such option; hydra/launcher is one of basic, joblib, parallel, ray_cluster, "
+        "ray_local, slurm, slurm_local, submitit_local, submitit_slurm"
+    ),
+    "trainer.stepz=3": f"trainer.stepz: {NEW_KEY.format('trainer.stepz')}; trainer has {TRAINER_KEYS}",
+    "model.nope=1": (
+        f"model.nope: {NEW_KEY.format('model.nope')}; model has activation, blur_filters, blur_layers, "
+        "edge_filters, edge_size, width"
+    ),
+    "trainer.foo.bar=1": f"trainer.foo: {NEW_KEY.format('trainer.foo')}; trainer has {TRAINER_KEYS}",
+    "bogus=1": (
+        f"bogus: {NEW_KEY.format('bogus')}; the config has data, hydra, logger, model, objective, optimizer, "
+        "target, trainer"
+    ),
+    "model=[": (
+        "model=[: cannot parse it: no viable alternative at input '['. "
+        "See https://hydra.cc/docs/1.2/advanced/override_grammar/basic for details"
+    ),
+    # No key or value of its own in Hydra's error: Hydra's words, on one line.
+    "+trainer.steps=3": (
+        "Could not append to config. An item is already at 'trainer.steps'. Either remove + prefix: "
+        "'trainer.steps=3'. Or add a second + to add or override 'trainer.steps': '++trainer.steps=3'"
+    ),
+}
+
+
+@pytest.mark.parametrize("override, message", COMPOSE_CASES.items(), ids=list(COMPOSE_CASES))
+def test_a_config_hydra_cannot_compose_is_named_in_one_line(override, message, monkeypatch, capsys, tmp_path):
+    # train.py's command line in this process: Hydra parses sys.argv and fails while composing. Imported,
+    # train.py is a module, whose config_path Hydra would look up as a package: --config-path names the folder.
+    argv = [f"--config-path={ROOT / 'configs'}", *TINY, override, f"hydra.run.dir={tmp_path}/run"]
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+    with pytest.raises(SystemExit) as caught, one_line_composition_errors():
+        main()
+    assert caught.value.code == f"convlearn: error: {message}"  # Python prints it to stderr and exits 1
+    assert capsys.readouterr().err == ""
+    assert not (tmp_path / "run").exists()
+
+
+# What the user sees for a few of them, from a real `python train.py`, a sweep (-m) included.
+CLI_COMPOSE_CASES = {
+    ("model=bogus",): COMPOSE_CASES["model=bogus"],
+    ("-m", "experiment=nope,fast"): COMPOSE_CASES["experiment=nope"],
+    ("trainer.stepz=3",): COMPOSE_CASES["trainer.stepz=3"],
+    ("model=[",): COMPOSE_CASES["model=["],
+}
+
+
+@pytest.mark.parametrize("args, message", CLI_COMPOSE_CASES.items(), ids=[" ".join(k) for k in CLI_COMPOSE_CASES])
+def test_cli_composition_mistake_prints_one_line_without_a_traceback(args, message, tmp_path):
+    result = run_train_py(*args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert result.returncode == 1
-    assert "Could not find 'model/bogus'" in result.stderr
-    options = sorted(path.stem for path in (ROOT / "configs" / "model").glob("*.yaml"))
-    assert "Available options in 'model':\n\t" + "\n\t".join(options) in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"convlearn: error: {message}"
+    assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
+
+
+def test_hydra_full_error_still_shows_hydras_error_and_traceback(tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    result = run_train_py("model=bogus", f"hydra.run.dir={tmp_path}/run", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert "hydra.errors.MissingConfigException: In 'train': Could not find 'model/bogus'" in result.stderr
+    assert "convlearn: error" not in result.stderr
 
 
 def test_a_picture_too_large_to_decode_safely_is_refused(tmp_path, monkeypatch):
