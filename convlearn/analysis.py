@@ -76,21 +76,24 @@ def linearised_kernel(model: keras.Model, image: np.ndarray | None = None, chann
     if image is None:
         image = np.zeros((2 * fp.extent[0], 2 * fp.extent[1], model.input_shape[-1]))
     image = np.asarray(image, np.float32)
-    inputs = tf.constant(image[None, ..., None] if image.ndim == 2 else image[None])
-    with tf.GradientTape() as tape:
-        tape.watch(inputs)
-        outputs = model(inputs, training=False)
-        centre = [size // 2 for size in outputs.shape[1:3]]
-        pixel = outputs[0, centre[0], centre[1], channel]
-    gradient = tape.gradient(pixel, inputs)[0].numpy().astype(np.float64)
-    # The pixel's receptive field starts half an extent before its (doubled) centre position.
+    image = image[..., None] if image.ndim == 2 else image
+    # The centre output pixel, and the first input pixel of its receptive field (positions are
+    # doubled, see geometry.Footprint).
+    centre = [(image.shape[axis] - fp.shrink[axis]) // 2 for axis in (0, 1)]
     start = [(fp.shift2[axis] + 2 * centre[axis] - (fp.extent[axis] - 1)) // 2 for axis in (0, 1)]
-    if min(start) < 0 or any(start[a] + fp.extent[a] > image.shape[a] for a in (0, 1)):
+    if min(centre + start) < 0 or any(start[a] + fp.extent[a] > image.shape[a] for a in (0, 1)):
         raise ConvlearnError(
             f"linearised kernel: image {image.shape[0]}x{image.shape[1]} does not hold the centre pixel's "
             f"receptive field {fp.extent[0]}x{fp.extent[1]}"
         )
-    return gradient[start[0] : start[0] + fp.extent[0], start[1] : start[1] + fp.extent[1]]
+    # That pixel depends on its receptive field alone, so the model runs on just that window:
+    # the same gradient as on the whole image, at a tiny fraction of the cost.
+    window = image[start[0] : start[0] + fp.extent[0], start[1] : start[1] + fp.extent[1]]
+    inputs = tf.constant(window[None])
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        pixel = model(inputs, training=False)[0, centre[0] - start[0], centre[1] - start[1], channel]
+    return tape.gradient(pixel, inputs)[0].numpy().astype(np.float64)
 
 
 def effective_kernel(model: keras.Model, image: np.ndarray | None = None) -> np.ndarray:

@@ -80,6 +80,7 @@ class TensorBoardLogger:
         self._target_variance = float(np.var(targets, dtype=np.float64))
         self._target_peak = float(np.max(targets) - np.min(targets))
         self._last_tick: tuple[int, float] | None = None
+        self._snapshot_fn: tuple[keras.Model, tf.types.experimental.PolymorphicFunction] | None = None
         self.writer = tf.summary.create_file_writer(str(self.log_dir))
 
     def __enter__(self) -> TensorBoardLogger:
@@ -117,7 +118,8 @@ class TensorBoardLogger:
         """Everything that shows the model's state: comparison panel, kernels, effective kernel,
         activation maps and histograms, each as configured."""
         with self.writer.as_default(step=step):
-            write_image("prediction", pictures.comparison(*compared_images(self.batch, model)))
+            outputs, prediction = self._snapshot(model)(self.batch.inputs, self.batch.targets, tf.constant(step, tf.int64))
+            write_image("prediction", pictures.comparison(*compared_images(self.batch, prediction)))
             if self.kernels:
                 for layer in conv_layers(model):
                     write_image(f"kernels/{layer.name}", pictures.kernel_grid(np.asarray(layer.kernel.numpy())))
@@ -125,10 +127,38 @@ class TensorBoardLogger:
                 if effective:
                     write_image("kernels/effective", pictures.kernel_row(effective))
             if self.activations:
-                for name, maps in layer_outputs(model, self.batch.inputs).items():
-                    write_image(f"activations/{name}", pictures.channel_grid(maps, max_side=ACTIVATION_SIDE))
-            if self.histograms:
-                self._histograms(model)
+                for name, maps in outputs.items():
+                    grid = pictures.channel_grid(np.asarray(maps[0], np.float32), max_side=ACTIVATION_SIDE)
+                    write_image(f"activations/{name}", grid)
+
+    def _snapshot(self, model: keras.Model) -> tf.types.experimental.PolymorphicFunction:
+        """One compiled pass that gives the pictures their numbers (each conv layer's output, the
+        prediction over the compared pixels) and writes the histograms of the weights and of the
+        loss's gradients at them.
+
+        Run eagerly, this was three forward passes, a backward pass and a few hundred small
+        histogram ops, all paying Keras' and TensorFlow's per-op overhead: several training steps
+        per picture. Compiled once per model it costs about one step."""
+        if self._snapshot_fn is None or self._snapshot_fn[0] is not model:
+            weights = [(layer.name, weight) for layer in conv_layers(model) for weight in layer.trainable_weights]
+            rows, cols = self.batch.crops.model
+
+            @tf.function
+            def snapshot(inputs: tf.Tensor, targets: tf.Tensor, step: tf.Tensor) -> tuple[dict, tf.Tensor]:
+                with tf.GradientTape() as tape:
+                    outputs, final = conv_outputs(model, inputs)
+                    prediction = tf.cast(final[:, rows, cols, :], tf.float32)
+                    loss = tf.reduce_mean(tf.square(prediction - targets))
+                if self.histograms:
+                    gradients = tape.gradient(loss, [weight for _, weight in weights])
+                    for (layer_name, weight), grad in zip(weights, gradients):
+                        tf.summary.histogram(f"weights/{layer_name}/{weight.name}", weight, step=step)
+                        if grad is not None:
+                            tf.summary.histogram(f"gradients/{layer_name}/{weight.name}", grad, step=step)
+                return outputs, prediction
+
+            self._snapshot_fn = (model, snapshot)
+        return self._snapshot_fn[1]
 
     def on_end(self, step: int, model: keras.Model, metrics: Mapping[str, float]) -> None:
         """The final pictures, and the final metrics that the HPARAMS tab compares runs by."""
@@ -149,20 +179,6 @@ class TensorBoardLogger:
         self._last_tick = (step, now)
         return values
 
-    def _histograms(self, model: keras.Model) -> None:
-        # The gradients at the current weights, computed here rather than in the trainer's
-        # compiled step so that steps without pictures pay nothing for them.
-        layers = conv_layers(model)
-        variables = [(layer.name, weight) for layer in layers for weight in layer.trainable_weights]
-        with tf.GradientTape() as tape:
-            loss = self.batch.loss(model)
-        grads = tape.gradient(loss, [weight for _, weight in variables])
-        for (layer_name, weight), grad in zip(variables, grads):
-            tf.summary.histogram(f"weights/{layer_name}/{weight.name}", weight)
-            if grad is not None:
-                tf.summary.histogram(f"gradients/{layer_name}/{weight.name}", grad)
-
-
 def write_image(tag: str, rgb: np.ndarray) -> None:
     """One RGB uint8 picture as an image summary, as ``tf.summary.image`` writes it but with fast
     PNG compression: at its default level encoding costs several training steps per picture."""
@@ -172,25 +188,33 @@ def write_image(tag: str, rgb: np.ndarray) -> None:
     tf.summary.write(tag, tensor, metadata=image_metadata.create_summary_metadata(display_name=None, description=None))
 
 
-def compared_images(batch: Batch, model: keras.Model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The input, target and prediction over the compared pixels, as 2-D arrays (first channel)."""
+def compared_images(batch: Batch, prediction: tf.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The input, target and ``prediction`` (the model's output over the compared pixels, as
+    :meth:`Batch.predict` gives it) as 2-D arrays: first image, first channel."""
     rows, cols = batch.crops.inputs
     return (
         batch.inputs.numpy()[0, rows, cols, 0],
         batch.targets.numpy()[0, ..., 0],
-        batch.predict(model).numpy()[0, ..., 0],
+        np.asarray(prediction[0, ..., 0], np.float32),
     )
+
+
+def conv_outputs(model: keras.Model, inputs: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """Each conv layer's output for ``inputs`` by layer name, and the model's output (works
+    eagerly and inside ``tf.function``)."""
+    outputs = {}
+    values = inputs
+    for layer in model.layers:
+        values = layer(values, training=False)
+        if isinstance(layer, keras.layers.Conv2D):
+            outputs[layer.name] = values
+    return outputs, values
 
 
 def layer_outputs(model: keras.Model, inputs: tf.Tensor | np.ndarray) -> dict[str, np.ndarray]:
     """Each conv layer's output ``(H, W, C)`` for the first image of ``inputs``, by layer name."""
-    outputs = {}
-    values = tf.convert_to_tensor(inputs, tf.float32)
-    for layer in model.layers:
-        values = layer(values)
-        if isinstance(layer, keras.layers.Conv2D):
-            outputs[layer.name] = np.asarray(values[0], np.float32)
-    return outputs
+    outputs, _ = conv_outputs(model, tf.convert_to_tensor(inputs, tf.float32))
+    return {name: np.asarray(values[0], np.float32) for name, values in outputs.items()}
 
 
 def effective_kernels(model: keras.Model, target_kernel: np.ndarray | None, batch: Batch) -> list[np.ndarray]:

@@ -27,7 +27,7 @@ def write_summary_png(
     path: Path, losses: Sequence[float], batch: Batch, model: keras.Model, target_kernel: np.ndarray | None
 ) -> None:
     """Loss curve, the four-image comparison, first-layer and effective kernels in one PNG."""
-    inputs, target, prediction = compared_images(batch, model)
+    inputs, target, prediction = compared_images(batch, batch.predict(model))
     error = np.abs(prediction - target)
     low, high = float(min(target.min(), prediction.min())), float(max(target.max(), prediction.max()))
 

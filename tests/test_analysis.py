@@ -5,6 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from hydra import compose, initialize_config_dir
 from scipy.signal import correlate2d
 
@@ -57,6 +58,33 @@ def test_linearised_kernel_of_a_nonlinear_model_is_its_input_gradient():
     assert np.array_equal(analysis.linearised_kernel(model, np.ones((5, 5)))[:, :, 0], np.ones((3, 3)))
     assert np.array_equal(analysis.linearised_kernel(model, -np.ones((5, 5)))[:, :, 0], np.zeros((3, 3)))
     assert analysis.effective_kernel(models.seed(), RNG.random((30, 30))).shape == (22, 22)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_linearised_kernel_equals_the_full_image_input_gradient(padding):
+    # It runs the model on the centre pixel's receptive field only; the gradient through the whole
+    # image, cut to that field, must be the same (everything outside it is exactly zero).
+    model = models.sequential(
+        [
+            dict(filters=3, kernel_size=2, activation="elu", padding=padding),
+            dict(filters=2, kernel_size=3, dilation_rate=2, activation="tanh", padding=padding),
+            dict(filters=1, kernel_size=(3, 2), padding=padding),
+        ]
+    )
+    image = RNG.random((19, 24)).astype(np.float32)
+    inputs = tf.constant(image[None, ..., None])
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = model(inputs)
+        rows, cols = outputs.shape[1] // 2, outputs.shape[2] // 2
+        pixel = outputs[0, rows, cols, 0]
+    full = tape.gradient(pixel, inputs)[0, ..., 0].numpy()
+    kernel = analysis.linearised_kernel(model, image)[:, :, 0]
+    nonzero = np.argwhere(full != 0)
+    top, left = nonzero.min(axis=0)
+    assert kernel.shape == (8, 7)  # receptive field: 2 + 2*2 + 3 - 2 rows, 2 + 2*2 + 2 - 2 columns
+    assert np.allclose(full[top : top + 8, left : left + 7], kernel, atol=1e-6)
+    assert np.abs(full).sum() == pytest.approx(np.abs(kernel).sum(), rel=1e-5)
 
 
 def test_lstsq_recovers_a_known_kernel_and_bias_exactly(monkeypatch):
