@@ -8,7 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from scipy.signal import correlate2d
 
-from conftest import ROOT, TINY
+from conftest import ROOT, tiny_cfg
+from test_data import BLUR, write_pairs
 from convlearn import analysis, models
 from convlearn.errors import ConvlearnError
 from convlearn.kernels import gaussian, sobel
@@ -90,13 +91,6 @@ def test_kernel_rel_error_centres_kernels_and_refuses_half_pixel_shifts():
         analysis.kernel_rel_error(np.ones((4, 4)), true)
 
 
-def tiny_cfg(*overrides: str, trainer: str = "default"):
-    # trainer=lstsq has no progress bar and always one step, so TINY's trainer keys stay out.
-    tiny = [o for o in TINY if trainer == "default" or not o.startswith("trainer.")]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="train", overrides=[*tiny, f"trainer={trainer}", *overrides])
-
-
 GAUSSIAN_5 = ("target=gaussian", "target.size=5")
 
 
@@ -129,7 +123,7 @@ def test_the_recover_kernel_preset_recovers_linear_kernels(tmp_path, target, tra
 
 
 def test_lstsq_trainer_solves_the_linear_model_and_writes_the_run_dir(tmp_path):
-    summary = train(tiny_cfg("model=linear", "model.kernel_size=7", *GAUSSIAN_5, trainer="lstsq"), tmp_path)
+    summary = train(tiny_cfg("model=linear", "model.kernel_size=7", *GAUSSIAN_5, "trainer=lstsq"), tmp_path)
     assert summary["kernel_rel_error"] < 1e-6 and summary["lstsq_rel_mse"] < 1e-10
     assert summary["steps"] == 1 and summary["final_loss"] < 1e-6 * summary["losses"][0]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -151,9 +145,29 @@ def test_deep_linear_composes_to_the_gaussian(tmp_path):
     assert np.isclose(analysis.kernel_rel_error(composed, gaussian(1.0, 5)), summary["kernel_rel_error"])
 
 
+@pytest.mark.parametrize("trainer", ["default", "lstsq"])
+def test_pairs_runs_report_the_least_squares_optimum_and_lstsq_solves_them(tmp_path, trainer):
+    # The after-images are BLUR applied to the before-images, so the best 5x5 kernel (BLUR in its
+    # centre) fits the compared pixels exactly; with no reference kernel there is no kernel_rel_error.
+    write_pairs(tmp_path, 3)
+    cfg = tiny_cfg(
+        "data=pairs", f"data.inputs={tmp_path}/in", f"data.targets={tmp_path}/out", "data.patch_size=null",
+        "model=linear", "model.kernel_size=5", f"trainer={trainer}",
+    )
+    summary = train(cfg, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["lstsq_rel_mse"] == summary["lstsq_rel_mse"] < 1e-12 and "kernel_rel_error" not in metrics
+    with np.load(tmp_path / "run" / "kernels.npz", allow_pickle=False) as saved:
+        error = analysis.kernel_rel_error(saved["conv_00"][:, :, 0, 0], BLUR)
+    if trainer == "lstsq":
+        assert error < 1e-6 and summary["rel_mse"] < 1e-12
+    else:  # 12 steps of Adam from a random kernel: far from the optimum, and the metric says so
+        assert error > 0.1 and summary["rel_mse"] > 1e6 * summary["lstsq_rel_mse"]
+
+
 def test_lstsq_trainer_refuses_nonlinear_models(tmp_path):
     with pytest.raises(ConvlearnError, match="trainer=lstsq: model 'can' must be a single VALID conv"):
-        train(tiny_cfg("model=can", "model.depth=2", "model.width=2", *GAUSSIAN_5, trainer="lstsq"), tmp_path)
+        train(tiny_cfg("model=can", "model.depth=2", "model.width=2", *GAUSSIAN_5, "trainer=lstsq"), tmp_path)
 
 
 def test_lstsq_trainer_is_one_step():
