@@ -73,8 +73,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
             model, optimizer, feed.train, logger, validation=feed.validation, checkpoint_dir=checkpoint_dir
         )
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
-        if target is not None:
-            summary.update(recovery_metrics(model, target, batch.inputs.numpy()[0]))
+        summary.update(recovery_metrics(model, batch, target))
         logger.on_end(history.steps, model, summary)
     save_run(run_dir, model, summary)
     write_summary_png(run_dir / "summary.png", summary["losses"], batch, model, target_kernel)

@@ -3,9 +3,10 @@
 The notebook asks whether the first layers "indeed extract the edges"; this module answers in
 numbers. :func:`effective_kernel` turns any model into one kernel (exactly for a stack of linear
 convs, the input gradient of one output pixel otherwise); :func:`lstsq_kernel` finds the best
-kernel of a given size in closed form; :func:`recovery_metrics` compares a trained model with a
-linear target's true kernel, and :class:`LeastSquares` is a trainer that solves a linear model
-instead of training it. Kernels are in cross-correlation order, like Keras' ``Conv2D``.
+kernel of a given size in closed form; :func:`recovery_metrics` compares a trained model with that
+best kernel and with a linear target's true kernel, and :class:`LeastSquares` is a trainer that
+solves a linear model instead of training it. Kernels are in cross-correlation order, like Keras'
+``Conv2D``.
 """
 
 from __future__ import annotations
@@ -157,18 +158,30 @@ def lstsq_kernel(
     return kernel, bias, float(residual / targets.size)
 
 
-def _windows_for(image: np.ndarray, outputs: tuple[slice, slice], size: tuple[int, int]) -> np.ndarray:
-    """The input pixels that a ``size`` VALID conv reads to produce ``outputs`` (rows, cols) of
-    ``image``, ``(H, W)`` or ``(N, H, W)``."""
-    rows, cols = outputs
-    return image[..., rows.start : rows.stop + size[0] - 1, cols.start : cols.stop + size[1] - 1]
+def _windows_at(images: np.ndarray, centres: tuple[slice, slice], size: tuple[int, int]) -> np.ndarray:
+    """The part of ``images`` (``(..., H, W)``) whose VALID correlation with a ``size`` kernel
+    gives the outputs centred on ``centres`` (rows, cols): the input pixels at their centres,
+    rounded down where they fall between pixels, as :attr:`geometry.Crops.inputs` gives them.
+
+    The kernel's size must have the parity of the outputs' (odd for whole-pixel centres), which
+    holds for any model's receptive field and a target's kernel lined up with it. Pixels beyond
+    the image read as zero, as for a ``same`` conv.
+    """
+    pads, cuts = [(0, 0)] * (images.ndim - 2), []
+    for axis, (centre, length) in enumerate(zip(centres, size)):
+        start = centre.start - (length - 1) // 2
+        stop = centre.stop - (length - 1) // 2 + length - 1
+        before, after = max(0, -start), max(0, stop - images.shape[axis - 2])
+        pads.append((before, after))
+        cuts.append(slice(start + before, stop + before))
+    return np.pad(images, pads)[..., cuts[0], cuts[1]]
 
 
 def _aligned(image: np.ndarray, target: Pipeline, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Input window and target values over the pixels a ``size`` VALID conv and the target both
     cover (the crop training uses)."""
     crops = geometry.align(geometry.conv(size), target.footprint, image.shape)
-    return _windows_for(image, crops.model, size), target.apply(image)[crops.target]
+    return _windows_at(image, crops.inputs, size), target.apply(image)[crops.target]
 
 
 def lstsq_fit(
@@ -179,25 +192,30 @@ def lstsq_fit(
     return lstsq_kernel(*_aligned(np.asarray(image, np.float64), target, size), size, use_bias)
 
 
-def recovery_metrics(model: keras.Model, target: Pipeline, image: np.ndarray) -> dict[str, float]:
-    """``kernel_rel_error`` of the model's effective kernel against a linear target's kernel,
-    and ``lstsq_rel_mse``: MSE over the target's variance of the best single kernel as large as
-    the model's receptive field (the best any linear model of that size can do). Empty for a
-    non-linear target or an image of several channels. ``image``: ``(H, W)`` or ``(H, W, 1)``."""
-    true = target.linear_kernel()
-    image = np.asarray(image, np.float64)
-    if true is None or (image.ndim == 3 and image.shape[-1] != 1):
+def recovery_metrics(model: keras.Model, batch: Batch, target: Pipeline | None) -> dict[str, float]:
+    """How a trained model compares with the best single kernel, on ``batch``'s compared pixels.
+
+    ``lstsq_rel_mse``: the MSE over the targets' variance of the best kernel no larger than the
+    model's receptive field, the best any linear model of that size can do, so that a linear
+    model's ``rel_mse`` can be read against it; for a linear target and for given targets
+    (``target`` None: data=pairs). ``kernel_rel_error``: the model's effective kernel against a
+    linear target's own. Empty for a non-linear target or images of several channels.
+    """
+    true = None if target is None else target.linear_kernel()
+    if (target is not None and true is None) or batch.inputs.shape[-1] != 1:
         return {}
-    image = image.reshape(image.shape[:2])
-    # A kernel larger than the true one fits no better (both fit exactly), so solve the smaller
-    # problem: a 22x22 receptive field would otherwise cost a 484-unknown least squares.
-    size = tuple(min(e, t) for e, t in zip(footprint(model).extent, true.shape))
-    window, targets = _aligned(image, target, size)
-    _, _, residual = lstsq_kernel(window, targets, size)
-    return {
-        "kernel_rel_error": kernel_rel_error(effective_kernel(model, image), true),
-        "lstsq_rel_mse": residual / float(np.var(targets, dtype=np.float64)),
-    }
+    images = batch.inputs.numpy()[..., 0].astype(np.float64)
+    targets = batch.targets.numpy()[..., 0]
+    size = footprint(model).extent
+    if true is not None:
+        # A kernel larger than the true one fits no better (both fit exactly), so solve the smaller
+        # problem: a 22x22 receptive field would otherwise cost a 484-unknown least squares.
+        size = tuple(min(e, t) for e, t in zip(size, true.shape))
+    _, _, residual = lstsq_kernel(_windows_at(images, batch.crops.inputs, size), targets, size)
+    metrics = {"lstsq_rel_mse": residual / float(np.var(targets, dtype=np.float64))}
+    if true is not None:
+        metrics["kernel_rel_error"] = kernel_rel_error(effective_kernel(model, images[0]), true)
+    return metrics
 
 
 class LeastSquares:
@@ -254,7 +272,7 @@ class LeastSquares:
         if logger is not None:
             logger.on_step(0, {"loss": history.losses[0]}, model)
         size = tuple(layer.kernel_size)
-        window = _windows_for(batch.inputs.numpy()[..., 0], batch.crops.model, size)
+        window = _windows_at(batch.inputs.numpy()[..., 0], batch.crops.inputs, size)
         kernel, bias, _ = lstsq_kernel(window, batch.targets.numpy()[..., 0], size, layer.use_bias)
         layer.kernel.assign(kernel[:, :, None, None].astype(layer.kernel.dtype))
         if layer.use_bias:

@@ -44,24 +44,27 @@ class Magnitude(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="convlearn")
 class Delta(keras.initializers.Initializer):
-    """A conv kernel that passes channel ``i`` to channel ``i`` through its centre tap, plus
-    Gaussian noise of ``stddev``: a deep linear stack starts near the identity map, where gradient
-    descent splits a kernel across layers far more reliably than from random kernels."""
+    """A conv kernel that passes channel ``i`` to channel ``i`` through one tap, plus Gaussian
+    noise of ``stddev``: a deep linear stack starts near the identity map (or a shift of it),
+    where gradient descent splits a kernel across layers far more reliably than from random
+    kernels. ``tap``: the (row, col) of that tap; None: the centre."""
 
-    def __init__(self, stddev: float = 0.01, seed: int | None = None) -> None:
+    def __init__(self, stddev: float = 0.01, seed: int | None = None, tap: Sequence[int] | None = None) -> None:
         self.stddev = stddev
         self.seed = seed
+        self.tap = None if tap is None else tuple(tap)
         self.noise = keras.initializers.RandomNormal(stddev=stddev, seed=seed)
 
     def __call__(self, shape: tuple, dtype: str | None = None) -> tf.Tensor:
         rows, cols, inputs, outputs = shape
+        row, col = self.tap if self.tap is not None else ((rows - 1) // 2, (cols - 1) // 2)
         delta = np.zeros(shape)
         for channel in range(min(inputs, outputs)):
-            delta[(rows - 1) // 2, (cols - 1) // 2, channel, channel] = 1.0
+            delta[row, col, channel, channel] = 1.0
         return self.noise(shape, dtype) + keras.ops.convert_to_tensor(delta, dtype=dtype)
 
     def get_config(self) -> dict:
-        return {"stddev": self.stddev, "seed": self.seed}
+        return {"stddev": self.stddev, "seed": self.seed, "tap": self.tap}
 
 
 # Layer types a YAML layer list may name with ``type``; conv is the default.
@@ -204,14 +207,40 @@ def deep_linear(
 
     Its end-to-end map is still one kernel, of size ``depth * (kernel_size - 1) + 1``: the point
     is to watch how gradient descent splits that kernel across layers. ``kernel_initializer``:
-    ``delta`` (:class:`Delta`, near the identity) or any Keras initializer name.
+    ``delta`` (:class:`Delta` at the centre: every layer near the identity), ``split_delta`` (the
+    identity split into opposite shifts, see :func:`_split_taps`) or any Keras initializer name.
     """
     if depth < 1 or width < 1:
         raise ConvlearnError(f"model 'deep_linear': depth and width must be >= 1, got depth={depth}, width={width}")
-    initializer = Delta() if kernel_initializer == "delta" else kernel_initializer
-    layer = dict(kernel_size=kernel_size, use_bias=use_bias, kernel_initializer=initializer)
-    layers = [dict(layer, filters=width) for _ in range(depth - 1)] + [dict(layer, filters=channels)]
+    if kernel_initializer == "delta":
+        initializers = [Delta()] * depth
+    elif kernel_initializer == "split_delta":
+        initializers = [Delta(tap=(tap, tap)) for tap in _split_taps(depth, kernel_size)]
+    else:
+        initializers = [kernel_initializer] * depth
+    layers = [
+        dict(filters=width if index < depth - 1 else channels, kernel_size=kernel_size, use_bias=use_bias,
+             kernel_initializer=initializer)
+        for index, initializer in enumerate(initializers)
+    ]
     return sequential(layers, channels, "deep_linear", target)
+
+
+def _split_taps(depth: int, kernel_size: int) -> list[int]:
+    """Per layer, the tap (on both axes) of a ``split_delta`` start: the first half of the layers
+    at the first corner, the second half at the opposite one, an odd middle layer at the centre,
+    so that the stack still composes to the identity (centred for odd kernel sizes).
+
+    Why: in one dimension a kernel is a polynomial and a stack of layers computes their product,
+    so a stack fits a target by sharing the target's roots out among its layers. A centred delta
+    has one root inside the unit circle (0) and one outside (infinity); the sampled 5x5 Gaussian
+    (per axis) has a complex-conjugate pair outside and one inside, which real 3-tap layers must
+    each take as a pair: from centred deltas a root would have to cross the circle, and gradient
+    descent stops in a local minimum at 1.5% kernel error instead. From opposite corners one layer
+    starts with both roots outside and the other with both inside, and nothing needs to cross.
+    """
+    last = kernel_size - 1
+    return [0] * (depth // 2) + [last // 2] * (depth % 2) + [last] * (depth // 2)
 
 
 def edge_blur_structured(

@@ -51,6 +51,7 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
     },
     "convlearn.optim.build": {"lr": above(0), "decay_steps": at_least(1), "warmup_steps": at_least(0)},
     "convlearn.data.shapes": {"noise": at_least(0)},
+    "convlearn.data.noise": {"std": above(0)},
     "convlearn.models.linear": {"kernel_size": at_least(1)},
     "convlearn.models.seed": {
         "edge_filters": at_least(1), "width": at_least(1), "blur_layers": at_least(0), "blur_filters": at_least(1),

@@ -35,16 +35,20 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
+def tiny_cfg(*overrides: str) -> DictConfig:
+    """Compose ``configs/train.yaml`` with the tiny defaults plus ``overrides``."""
+    tiny = TINY
+    if any(o.startswith("data=") for o in overrides):
+        # TINY's data keys size the generated image; other data sources have none of them.
+        tiny = [t for t in tiny if not t.startswith("data.")]
+    if "trainer=lstsq" in overrides:
+        # trainer=lstsq has no progress bar and always one step.
+        tiny = [t for t in tiny if not t.startswith("trainer.")]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="train", overrides=[*tiny, *overrides])
+
+
 @pytest.fixture
 def make_cfg():
-    """Compose ``configs/train.yaml`` with the tiny defaults plus the given overrides."""
-
-    def make(*overrides: str) -> DictConfig:
-        tiny = TINY
-        if any(o.startswith("data=") for o in overrides):
-            # TINY's data keys size the generated image; other data sources have none of them.
-            tiny = [t for t in TINY if not t.startswith("data.")]
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            return compose(config_name="train", overrides=[*tiny, *overrides])
-
-    return make
+    """:func:`tiny_cfg`, for tests that take it as a fixture."""
+    return tiny_cfg

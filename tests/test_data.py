@@ -10,7 +10,7 @@ from scipy.ndimage import correlate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from convlearn import kernels, models
-from convlearn.data import Stream, file, folder, load_image, make_feed, pairs, shapes
+from convlearn.data import Stream, file, folder, load_image, make_feed, noise, pairs, shapes
 from convlearn.errors import ConvlearnError
 from convlearn.targets import Convolve, Pipeline
 from convlearn.training import Batch
@@ -34,6 +34,15 @@ def test_shapes_is_reproducible_from_its_seed():
 def test_shapes_counts_change_the_picture():
     empty = shapes(40, 40, n_circles=0, n_squares=0, seed=0)
     assert empty.max() < 0.3  # only the noise floor
+
+
+def test_noise_is_white_zero_mean_and_seeded():
+    image = noise(200, 240, std=0.5, seed=2)
+    assert image.shape == (200, 240) and image.dtype == np.float32
+    assert abs(image.mean()) < 0.01 and abs(image.std() - 0.5) < 0.01
+    # White: neighbouring pixels are uncorrelated, so every spatial frequency is excited alike.
+    assert abs(np.corrcoef(image[:, :-1].ravel(), image[:, 1:].ravel())[0, 1]) < 0.02
+    assert np.array_equal(image, noise(200, 240, std=0.5, seed=2)) and not np.array_equal(image, noise(200, 240, std=0.5))
 
 
 def test_load_npy_and_png_roundtrip(tmp_path):

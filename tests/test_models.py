@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from convlearn import geometry, models
+from convlearn import analysis, geometry, models
 from convlearn.config import build
 from convlearn.errors import ConvlearnError
 from convlearn.kernels import edge_horizontal, edge_vertical, gaussian_273
@@ -104,6 +104,17 @@ def test_deep_linear_shapes():
     assert [l.kernel.shape for l in models.conv_layers(model)] == [(3, 3, 1, 2), (3, 3, 2, 2), (3, 3, 2, 1)]
     assert all(l.activation is keras.activations.linear and not l.use_bias for l in models.conv_layers(model))
     assert models.footprint(model).extent == (7, 7)
+
+
+def test_split_delta_starts_at_opposite_corners_and_composes_to_the_identity(tmp_path):
+    model = models.deep_linear(depth=3, width=2, kernel_size=3, kernel_initializer="split_delta")
+    taps = [np.unravel_index(np.abs(l.kernel.numpy()[:, :, 0, 0]).argmax(), (3, 3)) for l in models.conv_layers(model)]
+    assert taps == [(0, 0), (1, 1), (2, 2)]
+    composed = analysis.composed_kernel(model)[:, :, 0, 0]
+    assert np.abs(composed - np.pad([[1.0]], 3)).max() < 0.1  # the centred 7x7 identity, plus the noise
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert [l.kernel_initializer.tap for l in models.conv_layers(reloaded)] == [(0, 0), (1, 1), (2, 2)]
 
 
 def test_auto_sizes_line_the_model_up_with_the_target() -> None:
