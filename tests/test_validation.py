@@ -164,7 +164,7 @@ NEW_KEY = "no such key in the config (add it with +{0}=... if it is meant to be 
 # Mistakes Hydra finds while composing the config, before convlearn's code runs: override -> the exact line.
 COMPOSE_CASES = {
     "model=bogus": f"model=bogus: no such option; model is one of {MODELS}",
-    "experiment=nope": "experiment=nope: no such option; experiment is one of fast, seed_notebook",
+    "experiment=nope": "experiment=nope: no such option; experiment is one of fast, recover_kernel, seed_notebook",
     "optimizer=bogus": "optimizer=bogus: no such option; optimizer is one of adam, sgd",
     "hydra/launcher=nope": (
         "hydra/launcher=nope: no such option; hydra/launcher is one of basic, joblib, parallel, ray_cluster, "
