@@ -370,7 +370,7 @@ def _line(row: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", help="train on this image (.npy or PNG/JPEG) instead of the generated one")
     parser.add_argument("--steps", type=int, help="steps per loop (default 500, --quick 6); experiment=fast keeps its own")
     parser.add_argument("--quick", action="store_true", help="a tiny image, a few steps, rows in this process")

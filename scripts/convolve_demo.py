@@ -84,7 +84,7 @@ def save(arrays: dict[str, np.ndarray], out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", help="2-D .npy or PNG/JPEG (default: a generated 300x400 shapes image)")
     parser.add_argument("--out", default="demo", help="output folder (default: demo)")
     parser.add_argument("--repeats", type=int, default=5, help="how many times to blur the edges (default: 5)")

@@ -59,7 +59,7 @@ def inspect(run_dir: Path, image: Path | None, out: Path | None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run directory (holds metrics.json and model.keras)")
     parser.add_argument("--image", type=Path, help="image to feed the model (.npy or PNG/JPEG)")
     parser.add_argument("--out", type=Path, help="where to write the figure (default RUN_DIR/activations.png)")

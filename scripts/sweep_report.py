@@ -137,7 +137,7 @@ def report(sweep_dir: Path, objective: str = "final_loss", out: Path | None = No
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a sweep's directory (hydra.sweep.dir)")
     parser.add_argument("--objective", default="final_loss", help="metric of metrics.json to sort by, lowest first")
     parser.add_argument("--out", type=Path, help="where to write the report (default: SWEEP_DIR)")
