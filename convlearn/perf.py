@@ -105,6 +105,14 @@ def matmul_gflops(size: int = 1024, repeats: int = 10, dtype: tf.DType = tf.floa
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (``ru_maxrss`` is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mb(status: Path = Path("/proc/self/status")) -> float:
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux's ``VmHWM`` belongs to the process's own memory map. ``ru_maxrss`` (the fallback where
+    there is no ``/proc``) survives ``exec``: a child started by a large parent reports at least
+    the parent's size at the fork, which would hide the benchmark rows' own peaks."""
+    try:
+        lines = status.read_text().splitlines()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return next(int(line.split()[1]) for line in lines if line.startswith("VmHWM:")) / 1024  # in kB

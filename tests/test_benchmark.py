@@ -45,6 +45,15 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert perf.cpu_flags(tmp_path / "missing") == set()
 
 
+def test_peak_memory_is_this_process_own_high_water_mark(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t 9999999 kB\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n")
+    assert perf.peak_rss_mb(status) == 200.0
+    # Without /proc: the resource module's figure, which is at least what this process holds now.
+    current = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS:"))) / 1024
+    assert perf.peak_rss_mb(tmp_path / "missing") >= current * 0.9
+
+
 def test_bf16_trains_with_float32_weights_and_loss(make_cfg, tmp_path, monkeypatch, keep_policy):
     monkeypatch.setattr(perf, "cpu_flags", lambda: {"avx512_bf16"})  # run the bf16 path on any CPU
     summary = train(make_cfg("trainer.precision=bf16", "trainer.steps=4"), tmp_path)
