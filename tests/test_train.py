@@ -46,14 +46,6 @@ def test_short_run_lowers_the_loss_and_writes_the_run_dir(make_cfg, tmp_path, mo
     assert picture_steps == [0, 5, 10, 15, 20, 25, 30]
 
 
-def test_same_seed_same_numbers(make_cfg, tmp_path):
-    first = train(make_cfg("trainer.seed=7"), tmp_path / "a")
-    second = train(make_cfg("trainer.seed=7"), tmp_path / "b")
-    other = train(make_cfg("trainer.seed=8"), tmp_path / "c")
-    assert first["losses"] == second["losses"]
-    assert first["losses"] != other["losses"]
-
-
 def test_overrides_reach_the_objects(make_cfg):
     from convlearn.config import build
 
