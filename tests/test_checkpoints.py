@@ -78,9 +78,8 @@ def test_killed_and_interrupted_run_resumes_bit_for_bit(make_cfg, tmp_path):
     )
     assert "Traceback" not in stderr
 
-    process = start(run_dir, "trainer.resume=true")
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-800:]
+    # The last leg needs no signal: it resumes in this process, from the interrupted run's checkpoint.
+    train(make_cfg(*LONG, "trainer.resume=true"), run_dir)
     resumed = read_metrics(run_dir)
     assert resumed["status"] == "completed"
     assert resumed["losses"] == reference["losses"]
