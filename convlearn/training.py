@@ -230,10 +230,12 @@ class Trainer:
             history.checkpoint = checkpoints.save(history.losses, history.grad_norms)
 
 
-def compiled_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, crops: Crops, jit_compile: bool = False):
-    """One training step as a ``tf.function`` (XLA-compiled with ``jit_compile``): returns the loss before the update, the gradient
-    norm, and whether both were finite. A non-finite step leaves the weights and the optimizer
-    untouched, so the model stays at its last good state."""
+def compiled_step(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, crops: Crops, jit_compile: bool = False
+):
+    """One training step as a ``tf.function`` (compiled by XLA with ``jit_compile``): returns the
+    loss before the update, the gradient norm, and whether both were finite. A non-finite step
+    leaves the weights and the optimizer untouched, so the model stays at its last good state."""
     rows, cols = crops.model
     variables = model.trainable_variables
     optimizer.build(variables)
