@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from convlearn import distribute
 from convlearn.checkpoints import Checkpoints
+from convlearn.errors import ConvlearnError
 from convlearn.geometry import Crops, align
 from convlearn.models import footprint
 from convlearn.optim import current_lr
@@ -112,6 +113,8 @@ class Trainer:
 
     With ``strategy="mirrored"`` every step runs data-parallel on all GPUs (or, without GPUs, all
     logical CPU devices); the model and optimizer must then be built inside :meth:`scope`.
+    ``jit_compile`` compiles the single-device step with XLA, which fuses the elementwise work
+    around the convolutions (see the README's Performance section for when it pays off).
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class Trainer:
         strategy: str | None = None,
         precision: Literal["float32", "bf16"] = "float32",
         threads: tuple[int, int] | None = None,
+        jit_compile: bool = False,
     ) -> None:
         # First, before any op and before the model is built: both are fixed from then on.
         set_threads(threads)
@@ -141,11 +145,16 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.keep_checkpoints = keep_checkpoints
         self.resume = resume
+        self.jit_compile = jit_compile
         # For data pipelines that draw at random: checkpointed with the model, so a resumed run
         # draws what the uninterrupted run would have drawn.
         self.rng = tf.random.Generator.from_seed(seed)
 
         self.distribution = distribute.make_strategy(strategy)
+        if jit_compile and self.distribution is not None:
+            raise ConvlearnError(
+                "trainer.jit_compile: XLA compiles the single-device step only; drop trainer.strategy or jit_compile"
+            )
 
     def scope(self) -> contextlib.AbstractContextManager:
         """Where model and optimizer variables must be created for this trainer's devices."""
@@ -167,7 +176,7 @@ class Trainer:
         if self.distribution is not None:
             step_fn = distribute.distributed_step(self.distribution, model, optimizer, batch.crops)
         else:
-            step_fn = compiled_step(model, optimizer, batch.crops)
+            step_fn = compiled_step(model, optimizer, batch.crops, self.jit_compile)
         # Full-frame training shows the model the same batch at every step.
         feed = itertools.repeat((batch.inputs, batch.targets)) if isinstance(batch, Batch) else iter(batch)
         checkpoints = None
@@ -221,15 +230,15 @@ class Trainer:
             history.checkpoint = checkpoints.save(history.losses, history.grad_norms)
 
 
-def compiled_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, crops: Crops):
-    """One training step as a ``tf.function``: returns the loss before the update, the gradient
+def compiled_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, crops: Crops, jit_compile: bool = False):
+    """One training step as a ``tf.function`` (XLA-compiled with ``jit_compile``): returns the loss before the update, the gradient
     norm, and whether both were finite. A non-finite step leaves the weights and the optimizer
     untouched, so the model stays at its last good state."""
     rows, cols = crops.model
     variables = model.trainable_variables
     optimizer.build(variables)
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def step(inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             prediction = tf.cast(model(inputs, training=True)[:, rows, cols, :], tf.float32)

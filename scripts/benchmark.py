@@ -261,6 +261,7 @@ def main_rows(data: list[str], steps: int, bf16: bool, quick: bool) -> list[tupl
         ("keras fit", {"kind": "keras_fit", "overrides": run}),
         ("convlearn", {"kind": "trainer", "overrides": run}),
         ("convlearn bare step", {"kind": "bare", "overrides": run}),
+        ("convlearn XLA", {"kind": "trainer", "overrides": [*run, "trainer.jit_compile=true"]}),
         ("convlearn bf16", {"kind": "trainer", "overrides": [*run, "trainer.precision=bf16"]}),
         ("experiment=fast", {"kind": "trainer", "overrides": fast}),
         ("experiment=fast bf16", {"kind": "trainer", "overrides": [*fast, "trainer.precision=bf16"]}),

@@ -126,7 +126,7 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, monkeypatch, ca
     report = json.loads(out.read_text())
     names = [row["name"] for row in report["rows"]]
     assert names[:4] == ["notebook loop", "keras fit", "convlearn", "convlearn bare step"]
-    assert "experiment=fast" in names and ("convlearn bf16" in names) == report["machine"]["bf16"]
+    assert {"convlearn XLA", "experiment=fast"} <= set(names) and ("convlearn bf16" in names) == report["machine"]["bf16"]
     for row in report["rows"]:
         assert set(row) >= {"name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook_quality", "peak_mem_mb",
                             "flops_per_step", "gflops_per_sec", "final_rel_mse"}
@@ -147,6 +147,19 @@ def test_fast_preset_is_the_notebook_experiment_with_a_tuned_adam(make_cfg):
     optimizer = build(cfg, "optimizer")
     assert isinstance(optimizer, keras.optimizers.Adam)
     assert optimizer.epsilon == pytest.approx(1e-10) and current_lr(optimizer) == pytest.approx(3e-3)
+    assert optimizer.global_clipnorm == pytest.approx(0.1)
     assert cfg.model._target_ == "convlearn.models.seed" and cfg.target.repeats == 5
+    assert build(cfg, "trainer").jit_compile is True
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        assert compose(config_name="train", overrides=["experiment=fast"]).trainer.steps == 400  # fewer than the notebook's 500
+        assert compose(config_name="train", overrides=["experiment=fast"]).trainer.steps == 300  # fewer than the notebook's 500
+
+
+def test_xla_step_trains_like_the_plain_step_and_repeats_itself(make_cfg, tmp_path):
+    plain = train(make_cfg("trainer.steps=6"), tmp_path / "plain")
+    xla = train(make_cfg("trainer.steps=6", "trainer.jit_compile=true"), tmp_path / "xla")
+    again = train(make_cfg("trainer.steps=6", "trainer.jit_compile=true"), tmp_path / "again")
+    assert xla["losses"] == again["losses"]  # deterministic under XLA too
+    # The same arithmetic, fused differently: equal up to float32 rounding.
+    np.testing.assert_allclose(xla["losses"], plain["losses"], rtol=1e-3)
+    with pytest.raises(ConvlearnError, match=r"trainer\.jit_compile: XLA compiles the single-device step only"):
+        build(make_cfg("trainer.jit_compile=true", "trainer.strategy=mirrored"), "trainer")
