@@ -15,7 +15,7 @@ from convlearn.errors import ConvlearnError
 from convlearn.validation import validate
 from train import main, train
 
-TRAINER_KEYS = "checkpoint_every, deterministic, keep_checkpoints, on_nonfinite, precision, progress, resume, seed, steps, strategy, threads, val_every"
+TRAINER_KEYS = "checkpoint_every, deterministic, jit_compile, keep_checkpoints, on_nonfinite, precision, progress, resume, seed, steps, strategy, threads, val_every"
 
 # Mistakes the config check finds before anything is built: overrides -> the exact message.
 CONFIG_CASES = {
@@ -164,7 +164,7 @@ NEW_KEY = "no such key in the config (add it with +{0}=... if it is meant to be 
 COMPOSE_CASES = {
     "model=bogus": f"model=bogus: no such option; model is one of {MODELS}",
     "experiment=nope": "experiment=nope: no such option; experiment is one of fast, recover_kernel, seed_notebook",
-    "optimizer=bogus": "optimizer=bogus: no such option; optimizer is one of adam, sgd",
+    "optimizer=bogus": "optimizer=bogus: no such option; optimizer is one of adam, gd, sgd",
     "hydra/launcher=nope": (
         "hydra/launcher=nope: no such option; hydra/launcher is one of basic, joblib, parallel, ray_cluster, "
         "ray_local, slurm, slurm_local, submitit_local, submitit_slurm"
