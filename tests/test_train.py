@@ -1,16 +1,14 @@
 """End to end: ``train.py`` on tiny generated images, and what a run leaves behind."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, TINY
-from convlearn.config import one_line_composition_errors
-from train import main, train
+from conftest import TINY, run_main
+from train import train
 
 
 def read_events(log_dir):
@@ -71,11 +69,10 @@ def test_user_mistakes_fail_with_one_line_and_no_traceback(tmp_path, monkeypatch
         " ".join(TINY) + " model=linear model.kernel_size=5": "half a pixel apart",
     }
     for number, (overrides, message) in enumerate(cases.items()):
-        argv = [f"--config-path={ROOT / 'configs'}", "hydra/job_logging=none", "hydra/hydra_logging=none",
-                "trainer.steps=2", f"hydra.run.dir={tmp_path}/run{number}", *overrides.split()]
-        monkeypatch.setattr(sys, "argv", ["train.py", *argv])
-        with pytest.raises(SystemExit) as caught, one_line_composition_errors():
-            main()
+        args = ["hydra/job_logging=none", "hydra/hydra_logging=none", "trainer.steps=2",
+                f"hydra.run.dir={tmp_path}/run{number}", *overrides.split()]
+        with pytest.raises(SystemExit) as caught:
+            run_main(monkeypatch, *args)
         line = caught.value.code
         assert line.startswith("convlearn: error:") and message in line and "\n" not in line, (overrides, line)
         printed = capsys.readouterr()

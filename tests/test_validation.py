@@ -9,11 +9,10 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from conftest import ROOT, TINY
-from convlearn.config import one_line_composition_errors
+from conftest import ROOT, TINY, run_main
 from convlearn.errors import ConvlearnError
 from convlearn.validation import validate
-from train import main, train
+from train import train
 
 TRAINER_KEYS = "checkpoint_every, deterministic, jit_compile, keep_checkpoints, on_nonfinite, precision, progress, resume, seed, steps, strategy, threads, val_every"
 
@@ -193,12 +192,9 @@ COMPOSE_CASES = {
 
 @pytest.mark.parametrize("override, message", COMPOSE_CASES.items(), ids=list(COMPOSE_CASES))
 def test_a_config_hydra_cannot_compose_is_named_in_one_line(override, message, monkeypatch, capsys, tmp_path):
-    # train.py's command line in this process: Hydra parses sys.argv and fails while composing. Imported,
-    # train.py is a module, whose config_path Hydra would look up as a package: --config-path names the folder.
-    argv = [f"--config-path={ROOT / 'configs'}", *TINY, override, f"hydra.run.dir={tmp_path}/run"]
-    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
-    with pytest.raises(SystemExit) as caught, one_line_composition_errors():
-        main()
+    # train.py's command line in this process: Hydra parses sys.argv and fails while composing.
+    with pytest.raises(SystemExit) as caught:
+        run_main(monkeypatch, *TINY, override, f"hydra.run.dir={tmp_path}/run")
     assert caught.value.code == f"convlearn: error: {message}"  # Python prints it to stderr and exits 1
     assert capsys.readouterr().err == ""
     assert not (tmp_path / "run").exists()
@@ -224,11 +220,8 @@ def test_cli_composition_mistake_prints_one_line_without_a_traceback(args, messa
 def test_hydra_full_error_still_shows_hydras_error_and_traceback(monkeypatch, capsys, tmp_path):
     # Hydra's own exception leaves main() unchanged, and Python prints it with its traceback.
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    argv = [f"--config-path={ROOT / 'configs'}", *TINY, "model=bogus", f"hydra.run.dir={tmp_path}/run"]
-    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
-    full_error = pytest.raises(MissingConfigException, match="In 'train': Could not find 'model/bogus'")
-    with full_error, one_line_composition_errors():
-        main()
+    with pytest.raises(MissingConfigException, match="In 'train': Could not find 'model/bogus'"):
+        run_main(monkeypatch, *TINY, "model=bogus", f"hydra.run.dir={tmp_path}/run")
     assert "convlearn: error" not in capsys.readouterr().err
 
 
