@@ -116,9 +116,10 @@ def main(cfg: DictConfig) -> float:
         summary = record_failure(run_dir, str(err))
     if summary["status"] == "interrupted":
         overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
+        resume = " ".join([*overrides, "trainer.resume=true", f"hydra.run.dir={run_dir}"])
         print(
             f"convlearn: interrupted at step {summary['stopped_step']}; checkpoint saved to {summary['checkpoint']}; "
-            f"continue with: python train.py {' '.join([*overrides, 'trainer.resume=true', f'hydra.run.dir={run_dir}'])}",
+            f"continue with: python train.py {resume}",
             file=sys.stderr,
         )
         sys.exit(130)  # the shell's code for "ended by Ctrl-C"

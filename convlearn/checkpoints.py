@@ -32,7 +32,8 @@ def claim_run_dir(run_dir: Path, resume: bool, cfg: DictConfig) -> Path:
     if resume:
         if not tf.train.latest_checkpoint(str(folder)):
             raise ConvlearnError(
-                f"trainer.resume=true: no checkpoint in {folder}; pass hydra.run.dir=<the directory of the run to resume>"
+                f"trainer.resume=true: no checkpoint in {folder}; "
+                "pass hydra.run.dir=<the directory of the run to resume>"
             )
         changes = config_changes(OmegaConf.load(folder / CONFIG), cfg)
         if changes:
@@ -43,7 +44,8 @@ def claim_run_dir(run_dir: Path, resume: bool, cfg: DictConfig) -> Path:
         folder.mkdir()  # atomic: of two runs started on one directory, exactly one gets it
     except FileExistsError:
         raise ConvlearnError(
-            f"hydra.run.dir: {run_dir} already holds a run; continue it with trainer.resume=true or pick a new directory"
+            f"hydra.run.dir: {run_dir} already holds a run; "
+            "continue it with trainer.resume=true or pick a new directory"
         ) from None
     tmp = folder / (CONFIG + ".tmp")
     tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))

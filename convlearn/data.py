@@ -141,7 +141,9 @@ def _load_npy(path: Path, channels: str, key: str) -> np.ndarray:
     if channels == "gray" and len(shape) != 2:
         raise ConvlearnError(f"{key}: expected a 2-D (height, width) array in {path}, got shape {shape}")
     if channels == "rgb" and (len(shape) != 3 or shape[2] != 3):
-        raise ConvlearnError(f"{key}: expected a (height, width, 3) array for channels=rgb in {path}, got shape {shape}")
+        raise ConvlearnError(
+            f"{key}: expected a (height, width, 3) array for channels=rgb in {path}, got shape {shape}"
+        )
     if not (np.issubdtype(dtype, np.number) or dtype == bool):
         raise ConvlearnError(f"{key}: {path} has non-numeric dtype {dtype}")
     _check_size(path, shape, dtype, data_start, key)
@@ -153,7 +155,9 @@ def _check_size(path: Path, shape: tuple[int, ...], dtype: np.dtype, data_start:
     size = int(np.prod(shape)) * dtype.itemsize
     held = path.stat().st_size - data_start
     if held < size:
-        raise ConvlearnError(f"{key}: {path} is truncated: its header promises {size} bytes of data, the file holds {held}")
+        raise ConvlearnError(
+            f"{key}: {path} is truncated: its header promises {size} bytes of data, the file holds {held}"
+        )
     memory = _physical_memory()
     needed = size + int(np.prod(shape)) * 4  # the array and its float32 copy
     if memory and needed > memory:
@@ -286,7 +290,8 @@ def pairs(
         for name, (image, target) in zip(names, loaded):
             if image.shape != target.shape:
                 raise ConvlearnError(
-                    f"data.targets: {name} is {_size(target.shape)} but its input is {_size(image.shape)}; pairs must match in size"
+                    f"data.targets: {name} is {_size(target.shape)} but its input is {_size(image.shape)}; "
+                    "pairs must match in size"
                 )
         return [image for image, _ in loaded], [target for _, target in loaded]
 
@@ -370,7 +375,8 @@ def _list_images(path: str, key: str) -> dict[str, Path]:
     for f in files:
         if not f.resolve().is_relative_to(inside):
             raise ConvlearnError(
-                f"{key}: {f.name} in {directory} is a link to {f.resolve()}, outside the folder; copy the file in instead"
+                f"{key}: {f.name} in {directory} is a link to {f.resolve()}, outside the folder; "
+                "copy the file in instead"
             )
         if f.stem in by_stem:
             raise ConvlearnError(f"{key}: two images named {f.stem} in {directory} ({by_stem[f.stem].name}, {f.name})")
@@ -439,8 +445,9 @@ def make_feed(images: Images, target: Pipeline | None, model: keras.Model, seed:
     if patch is None or all(max(image.shape[:2]) <= patch for image in images.train):
         shapes = {image.shape for image in images.train}
         if len(shapes) > 1:
+            sizes = ", ".join(sorted(_size(s[:2]) for s in shapes))
             raise ConvlearnError(
-                f"data.patch_size: the training images differ in size ({', '.join(sorted(_size(s[:2]) for s in shapes))}); "
+                f"data.patch_size: the training images differ in size ({sizes}); "
                 "set data.patch_size to train on patches"
             )
         stacked = np.stack(images.train)

@@ -65,12 +65,13 @@ def set_threads(threads: Sequence[int] | None) -> None:
     if len(threads) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in threads):
         raise ConvlearnError(f"trainer.threads: must be [intra, inter] with integers >= 0 or null, got {list(threads)}")
     intra, inter = threads
-    current = [tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads()]
+    pools = tf.config.threading
+    current = [pools.get_intra_op_parallelism_threads(), pools.get_inter_op_parallelism_threads()]
     if current == [intra, inter]:
         return
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
+        pools.set_intra_op_parallelism_threads(intra)
+        pools.set_inter_op_parallelism_threads(inter)
     except RuntimeError:
         raise ConvlearnError(
             f"trainer.threads: TensorFlow already runs with {current} threads in this process; {[intra, inter]} "

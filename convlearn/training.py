@@ -308,5 +308,8 @@ def make_batch(
     inputs = tf.constant(image[None, ..., None] if image.ndim == 2 else image)
     crops = align(footprint(model), footprint_of(target), tuple(inputs.shape[1:3]))
     rows, cols = crops.target
-    full = target(inputs) if target is not None else tf.constant(np.reshape(np.asarray(given, np.float32), inputs.shape))
+    if target is not None:
+        full = target(inputs)
+    else:
+        full = tf.constant(np.reshape(np.asarray(given, np.float32), inputs.shape))
     return Batch(inputs=inputs, targets=full[:, rows, cols, :], crops=crops)

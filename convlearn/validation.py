@@ -47,7 +47,10 @@ def above(low: float) -> Callable[[Any], str | None]:
 # callable already checks itself (data.shapes sizes, Repeat.n) are not repeated here.
 RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "convlearn.training.Trainer": {
-        "steps": at_least(1), "val_every": at_least(1), "checkpoint_every": at_least(0), "keep_checkpoints": at_least(1),
+        "steps": at_least(1),
+        "val_every": at_least(1),
+        "checkpoint_every": at_least(0),
+        "keep_checkpoints": at_least(1),
     },
     "convlearn.optim.build": {"lr": above(0), "decay_steps": at_least(1), "warmup_steps": at_least(0)},
     "convlearn.data.shapes": {"noise": at_least(0)},
@@ -86,7 +89,9 @@ def _check_call(node: DictConfig, path: str) -> None:
     try:
         fn = _locate(str(target))
     except (ImportError, AttributeError, ValueError):
-        raise ConvlearnError(f"{path}._target_: cannot import {target!r}; it must name an importable callable") from None
+        raise ConvlearnError(
+            f"{path}._target_: cannot import {target!r}; it must name an importable callable"
+        ) from None
     if not callable(fn):
         raise ConvlearnError(f"{path}._target_: {target!r} is not callable")
     signature = inspect.signature(fn)

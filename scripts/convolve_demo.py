@@ -24,7 +24,15 @@ import numpy as np  # noqa: E402
 from convlearn import kernels  # noqa: E402
 from convlearn.data import load_image, shapes  # noqa: E402
 from convlearn.errors import ConvlearnError  # noqa: E402
-from convlearn.targets import NOTEBOOK_COLS, NOTEBOOK_ROWS, NOTEBOOK_SHAPE, Combine, Convolve, Pipeline, template  # noqa: E402
+from convlearn.targets import (  # noqa: E402
+    NOTEBOOK_COLS,
+    NOTEBOOK_ROWS,
+    NOTEBOOK_SHAPE,
+    Combine,
+    Convolve,
+    Pipeline,
+    template,
+)
 
 
 def demonstrate(

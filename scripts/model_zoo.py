@@ -81,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; the defaults are the zoo's budget on the default image."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     # 200 steps keep the whole table near 13 minutes on 2 CPU cores (300 steps: about 18).
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per cell (Adam: 10%% warm-up, then cosine decay)")
+    parser.add_argument(
+        "--steps", type=int, default=200, help="optimizer steps per cell (Adam: 10%% warm-up, then cosine decay)"
+    )
     parser.add_argument("--height", type=int, help="image height (default: the data config's, 300)")
     parser.add_argument("--width", type=int, help="image width (default: the data config's, 400)")
     parser.add_argument("--runs", type=Path, default=ROOT / "outputs" / "zoo", help="where the run dirs go")
@@ -110,7 +112,8 @@ def main() -> None:
                 psnr.setdefault(model, {})[name] = "n/a"
                 print(f"{model} on {name}: {err}", file=sys.stderr)
                 continue
-            psnr.setdefault(model, {})[name] = f"{summary['psnr_db']:.1f}" if math.isfinite(summary["psnr_db"]) else "inf"
+            finite = math.isfinite(summary["psnr_db"])
+            psnr.setdefault(model, {})[name] = f"{summary['psnr_db']:.1f}" if finite else "inf"
             if "kernel_rel_error" in summary:
                 recovery.setdefault(model, {})[name] = f"{summary['kernel_rel_error']:.1e}"
             print(

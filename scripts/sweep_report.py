@@ -31,7 +31,8 @@ METRICS = ("final_loss", "best_loss", "rel_mse", "psnr_db", "steps")
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """Every job directory of a sweep (Hydra writes each job's overrides into it), in job order."""
     dirs = [path.parent.parent for path in sweep_dir.rglob(".hydra/overrides.yaml")]
-    return sorted(dirs, key=lambda path: [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts])
+    # numbered parts in numeric order (job 10 after job 9), named ones after them by name
+    return sorted(dirs, key=lambda path: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts])
 
 
 def read_job(job_dir: Path, objective: str) -> dict:
@@ -105,7 +106,8 @@ def plot(rows: Sequence[dict], param: str, objective: str, path: Path) -> None:
         ax.scatter([categories.index(value) for value in values], objectives)
         ax.set_xticks(range(len(categories)), categories)
     failed = len(rows) - len(done)
-    ax.set(xlabel=param, ylabel=objective, title=f"{len(done)} jobs" + (f", {failed} failed (not shown)" if failed else ""))
+    title = f"{len(done)} jobs" + (f", {failed} failed (not shown)" if failed else "")
+    ax.set(xlabel=param, ylabel=objective, title=title)
     if objectives and min(objectives) > 0:
         ax.set_yscale("log")
     fig.tight_layout()
