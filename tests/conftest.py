@@ -15,9 +15,7 @@ from convlearn.config import one_line_composition_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Small and fast: a 40x48 generated image and a handful of steps. No weight and gradient
-# histograms: tracing the seed model's 52 histogram summaries costs more than the rest of a tiny
-# run; test_logs turns them on and checks them.
+# Small and fast: a 40x48 generated image and a handful of steps.
 TINY = [
     "data.height=40",
     "data.width=48",
@@ -29,7 +27,6 @@ TINY = [
     "trainer.progress=false",
     "logger.scalar_every=2",
     "logger.image_every=5",
-    "logger.histograms=false",
 ]
 
 

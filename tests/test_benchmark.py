@@ -115,11 +115,10 @@ def test_rows_are_summarised_against_the_notebook(benchmark):
     assert never["seconds_to_notebook_quality"] is None
 
 
-def test_quick_benchmark_writes_every_field(benchmark, tmp_path, monkeypatch, capsys):
+def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     # --quick runs its rows in this process anyway (the thread sweep's row still gets a fresh one),
     # so main() here checks the same as a `python scripts/benchmark.py --quick` would, without
-    # paying another TensorFlow import. Its image leaves out the histograms, as tests' TINY does.
-    monkeypatch.setattr(benchmark, "QUICK_DATA", [*benchmark.QUICK_DATA, "logger.histograms=false"])
+    # paying another TensorFlow import.
     out = tmp_path / "bench.json"
     assert benchmark.main(["--quick", "--scaling", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out

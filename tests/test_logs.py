@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import ROOT, TINY
 from convlearn.config import build
-from convlearn.logs import TensorBoardLogger, effective_kernels, hparams_from_config
+from convlearn.logs import TensorBoardLogger, effective_kernels, hparams_from_config, write_histogram
 from convlearn.models import linear, sequential
 from convlearn.training import make_batch
 from train import train
@@ -46,8 +46,7 @@ def png(event):
 @pytest.fixture(scope="module")
 def seed_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("seed_run")
-    # TINY leaves the histograms out; here they are under test (not a hyperparameter of the run).
-    summary = train(compose_cfg(*OVERRIDES, "logger.histograms=true"), run_dir, OVERRIDES)
+    summary = train(compose_cfg(*OVERRIDES), run_dir, OVERRIDES)
     accumulator, events = read_events(run_dir / "tb")
     return run_dir, summary, accumulator, events
 
@@ -103,6 +102,23 @@ def test_histograms_of_weights_and_gradients_per_layer(seed_run):
     assert buckets[:, 2].sum() == 8
     gradient = tf.make_ndarray(events["gradients/conv_12/kernel"][0].tensor_proto)
     assert gradient[:, 2].sum() == 3 * 3 * 4 and np.abs(gradient[:, :2]).max() > 0
+
+
+def test_histogram_buckets_count_the_finite_values_between_their_extremes(tmp_path):
+    with tf.summary.create_file_writer(str(tmp_path)).as_default(step=3):
+        write_histogram("spread", np.array([[-1.0, 0.0], [0.5, 2.0]]))
+        write_histogram("constant", np.full(5, 0.25))
+        write_histogram("diverged", np.array([np.nan, np.inf, 1.0, 3.0]))
+    accumulator, events = read_events(tmp_path)
+    assert accumulator.SummaryMetadata("spread").plugin_data.plugin_name == "histograms"
+    spread, constant, diverged = (
+        tf.make_ndarray(events[tag][0].tensor_proto) for tag in ("spread", "constant", "diverged")
+    )
+    assert events["spread"][0].step == 3 and spread.shape == (30, 3)
+    assert spread[0, 0] == -1.0 and spread[-1, 1] == 2.0 and np.array_equal(spread[:-1, 1], spread[1:, 0])
+    assert spread[:, 2].sum() == 4 and spread[-1, 2] == 1  # the largest value falls in the last bucket
+    assert constant[:, 2].sum() == 5 and constant[0, 0] == -0.25 and constant[-1, 1] == 0.75
+    assert diverged[:, 2].sum() == 2 and (diverged[0, 0], diverged[-1, 1]) == (1.0, 3.0)
 
 
 def test_config_text_and_hparams(seed_run):
