@@ -44,7 +44,9 @@ from convlearn.logs import hparams_from_config  # noqa: E402
 from convlearn.training import compiled_step, make_batch, mse, seed_everything  # noqa: E402
 from convlearn.validation import validate  # noqa: E402
 
-QUICK_DATA = ["data.height=48", "data.width=56", "data.n_circles=3", "data.n_squares=3", "data.min_size=4", "data.max_size=10"]
+QUICK_DATA = [
+    "data.height=48", "data.width=56", "data.n_circles=3", "data.n_squares=3", "data.min_size=4", "data.max_size=10"
+]
 QUICK_STEPS = 6
 SCALING_SIZES = [128, 256, 512, 1024, 2048]
 QUICK_SCALING_SIZES = [48, 64]
@@ -52,6 +54,7 @@ PATCH, PATCH_BATCH = 128, 8
 # The memory goal: patch training on an image this large stays under 2 GB.
 LARGE_SIZE, QUICK_LARGE_SIZE = 4096, 96
 THREAD_SWEEP_STEPS = 100
+NOTEBOOK = "notebook loop"  # the reference every other row is measured against
 ROW_FIELDS = ("name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook_quality", "peak_mem_mb")
 
 
@@ -97,7 +100,9 @@ def notebook_model() -> keras.Model:
     return model
 
 
-def notebook_loop(model: keras.Model, img: np.ndarray, edges_blurred: np.ndarray, steps: int, clock: StepClock) -> list[float]:
+def notebook_loop(
+    model: keras.Model, img: np.ndarray, edges_blurred: np.ndarray, steps: int, clock: StepClock
+) -> list[float]:
     """The notebook's training cell: eager GradientTape, Adam with Keras' defaults, the model on
     the full image, MSE against the target. Only its progress bar is left out."""
     opt = tf.optimizers.Adam()
@@ -153,7 +158,8 @@ def run_row(spec: dict) -> dict:
         if tuple(model(batch.inputs).shape) != tuple(batch.targets.shape):
             raise SystemExit("benchmark: the notebook's loop needs a target as large as the model's output")
         if spec["kind"] == "notebook":
-            losses = notebook_loop(model, images.train[0][..., 0], batch.targets.numpy()[0, ..., 0], trainer.steps, clock)
+            image, target_image = images.train[0][..., 0], batch.targets.numpy()[0, ..., 0]
+            losses = notebook_loop(model, image, target_image, trainer.steps, clock)
         else:
             model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
             timer = _FitClock(clock)
@@ -186,11 +192,16 @@ def run_row(spec: dict) -> dict:
         "flops_per_step": perf.training_flops(model, tuple(inputs.shape)),
         "pixels_per_step": int(np.prod(inputs.shape[:3])),
         "peak_mem_mb": perf.peak_rss_mb(),
-        "threads": [tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads()],
+        "threads": [
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        ],
     }
 
 
-def _bare_loop(model: keras.Model, optimizer: keras.optimizers.Optimizer, train: object, steps: int, clock: StepClock) -> list[float]:
+def _bare_loop(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, train: object, steps: int, clock: StepClock
+) -> list[float]:
     """Only the trainer's compiled step, back to back: the practical limit for this model here."""
     step_fn = compiled_step(model, optimizer, train.crops)
     feed = iter(train) if not hasattr(train, "inputs") else None
@@ -251,13 +262,16 @@ def summarise(name: str, result: dict, notebook: dict | None, matmul: float) -> 
     }
 
 
-def main_rows(data: list[str], steps: int, bf16: bool, quick: bool) -> list[tuple[str, dict]]:
-    """The loops compared; bf16 rows only where the CPU computes in bfloat16. The preset keeps
-    its own number of steps, except in a quick run."""
+def main_rows(
+    data: list[str], steps: int, bf16: bool, quick: bool, only: Sequence[str] | None = None
+) -> list[tuple[str, dict]]:
+    """The loops compared; bf16 rows only where the CPU computes in bfloat16; with ``only``, just
+    those and the notebook loop they are measured against. The preset keeps its own number of
+    steps, except in a quick run."""
     run = [*data, f"trainer.steps={steps}", "trainer.progress=false"]
     fast = [*data, "experiment=fast", "trainer.progress=false", *([f"trainer.steps={steps}"] if quick else [])]
     rows = [
-        ("notebook loop", {"kind": "notebook", "overrides": run}),
+        (NOTEBOOK, {"kind": "notebook", "overrides": run}),
         ("keras fit", {"kind": "keras_fit", "overrides": run}),
         ("convlearn", {"kind": "trainer", "overrides": run}),
         ("convlearn bare step", {"kind": "bare", "overrides": run}),
@@ -266,7 +280,14 @@ def main_rows(data: list[str], steps: int, bf16: bool, quick: bool) -> list[tupl
         ("experiment=fast", {"kind": "trainer", "overrides": fast}),
         ("experiment=fast bf16", {"kind": "trainer", "overrides": [*fast, "trainer.precision=bf16"]}),
     ]
-    return [(name, spec) for name, spec in rows if bf16 or "bf16" not in name]
+    rows = [(name, spec) for name, spec in rows if bf16 or "bf16" not in name]
+    if only:
+        unknown = sorted(set(only) - {name for name, _ in rows})
+        if unknown:
+            known = ", ".join(name for name, _ in rows)
+            raise SystemExit(f"benchmark: no row {', '.join(map(repr, unknown))} here; the rows are: {known}")
+        rows = [(name, spec) for name, spec in rows if name == NOTEBOOK or name in only]
+    return rows
 
 
 def thread_settings(cores: int, quick: bool) -> list[list[int]]:
@@ -309,16 +330,22 @@ def machine() -> dict:
 
 def benchmark(args: argparse.Namespace) -> dict:
     isolated = not args.quick
-    data = ["data=file", f"data.path={Path(args.image).resolve()}"] if args.image else (QUICK_DATA if args.quick else [])
+    if args.image:
+        data = ["data=file", f"data.path={Path(args.image).resolve()}"]
+    else:
+        data = QUICK_DATA if args.quick else []
     steps = args.steps or (QUICK_STEPS if args.quick else 500)
     info = machine()
+    loops = main_rows(data, steps, info["bf16"], args.quick, args.rows)
     matmul = perf.matmul_gflops(256 if args.quick else 1024)
-    report: dict = {"machine": {**info, "matmul_gflops_float32": matmul}, "image": args.image or "generated", "steps": steps}
+    report: dict = {
+        "machine": {**info, "matmul_gflops_float32": matmul}, "image": args.image or "generated", "steps": steps
+    }
     if info["bf16"]:
         report["machine"]["matmul_gflops_bf16"] = perf.matmul_gflops(256 if args.quick else 1024, dtype=tf.bfloat16)
 
     rows, notebook = [], None
-    for name, spec in main_rows(data, steps, info["bf16"], args.quick):
+    for name, spec in loops:
         row = summarise(name, run_isolated({"name": name, **spec}, isolated), notebook, matmul)
         if notebook is None:
             notebook = {"rate": row["steps_per_sec"], "rel_mse": row["final_rel_mse"]}
@@ -326,20 +353,24 @@ def benchmark(args: argparse.Namespace) -> dict:
         rows.append(row)
         print(_line(row), flush=True)
     report["rows"] = rows
+    if not args.rows:  # a partial run (--rows) leaves the thread sweep out
+        report["threads"] = thread_sweep(data, steps, args.quick)
+    if args.scaling:
+        report["scaling"] = scaling(args.quick, isolated, matmul)
+    return report
 
+
+def thread_sweep(data: list[str], steps: int, quick: bool) -> dict:
+    """The bare step's rate for each [intra, inter] pool size, each in a fresh process, and the best."""
     sweep = []
-    for threads in thread_settings(os.cpu_count() or 1, args.quick):
+    for threads in thread_settings(os.cpu_count() or 1, quick):
         spec = {"name": f"threads {threads}", "kind": "bare", "threads": threads,
                 "overrides": [*data, f"trainer.steps={min(steps, THREAD_SWEEP_STEPS)}", "trainer.progress=false"]}
         result = run_isolated(spec, isolated=True)
         sweep.append({"threads": threads, "applied": result["threads"], "steps_per_sec": steady_rate(result["times"])})
     best = max(sweep, key=lambda entry: entry["steps_per_sec"])
-    report["threads"] = {"results": sweep, "best": best["threads"]}
     print(f"threads [intra, inter]: best {best['threads']} at {best['steps_per_sec']:.1f} steps/s", flush=True)
-
-    if args.scaling:
-        report["scaling"] = scaling(args.quick, isolated, matmul)
-    return report
+    return {"results": sweep, "best": best["threads"]}
 
 
 def scaling(quick: bool, isolated: bool, matmul: float) -> list[dict]:
@@ -373,9 +404,17 @@ def _line(row: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", help="train on this image (.npy or PNG/JPEG) instead of the generated one")
-    parser.add_argument("--steps", type=int, help="steps per loop (default 500, --quick 6); experiment=fast keeps its own")
+    parser.add_argument(
+        "--steps", type=int, help="steps per loop (default 500, --quick 6); experiment=fast keeps its own"
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny image, a few steps, rows in this process")
-    parser.add_argument("--scaling", action="store_true", help="also time square images 128..2048, full frame and patches")
+    parser.add_argument(
+        "--scaling", action="store_true", help="also time square images 128..2048, full frame and patches"
+    )
+    parser.add_argument(
+        "--rows", type=lambda text: text.split(","),
+        help="only these rows, comma-separated (e.g. 'experiment=fast'), next to the notebook loop; no thread sweep",
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print its JSON
     args = parser.parse_args(argv)

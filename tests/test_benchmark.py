@@ -140,6 +140,16 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     assert "notebook loop" in stdout and "threads [intra, inter]: best [1, 1]" in stdout
 
 
+def test_rows_option_runs_only_those_next_to_the_notebook_loop(benchmark, tmp_path):
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--quick", "--rows", "convlearn bare step", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [row["name"] for row in report["rows"]] == ["notebook loop", "convlearn bare step"]
+    assert "threads" not in report and "scaling" not in report
+    with pytest.raises(SystemExit, match="no row 'fastest' here; the rows are: notebook loop, keras fit, "):
+        benchmark.main(["--quick", "--rows", "experiment=fast,fastest"])
+
+
 def test_fast_preset_is_the_notebook_experiment_with_a_tuned_adam(make_cfg):
     cfg = make_cfg("experiment=fast")
     validate(cfg)
