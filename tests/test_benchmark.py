@@ -156,7 +156,7 @@ def test_fast_preset_is_the_notebook_experiment_with_a_tuned_adam(make_cfg):
     optimizer = build(cfg, "optimizer")
     assert isinstance(optimizer, keras.optimizers.Adam)
     assert optimizer.epsilon == pytest.approx(1e-10) and current_lr(optimizer) == pytest.approx(3e-3)
-    assert optimizer.global_clipnorm == pytest.approx(0.1)
+    assert optimizer.global_clipnorm == pytest.approx(0.1) and optimizer.beta_2 == pytest.approx(0.99)
     assert cfg.model._target_ == "convlearn.models.seed" and cfg.target.repeats == 5
     assert build(cfg, "trainer").jit_compile is True
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
