@@ -39,7 +39,7 @@ def load_script(name: str) -> ModuleType:
 
 
 def run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
-    """Run ``train.py``'s ``main()`` in this process on the command line ``args``, as the console script does.
+    """Run ``train.py``'s ``main()`` in this process on the command line ``args``, as ``python train.py`` would.
 
     In-process is seconds faster than a real ``python train.py`` per case. Imported, train.py is a
     module whose ``config_path`` Hydra would look up as a package, so ``--config-path`` names the folder.
