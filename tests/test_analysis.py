@@ -151,13 +151,13 @@ def test_the_recover_kernel_preset_recovers_linear_kernels(tmp_path, target, tra
     assert summary["kernel_rel_error"] < tolerance and summary["lstsq_rel_mse"] < 1e-10
 
 
-
 def test_the_recover_kernel_preset_trains_with_plain_gradient_descent_or_another_optimizer():
     gd = build(recover_cfg(), "optimizer")
     assert type(gd) is keras.optimizers.SGD and gd.momentum == 0.0 and np.isclose(float(gd.learning_rate), 0.4)
     # The preset sets no SGD-only key, so another optimizer composes without a ~ override.
     adam = build(recover_cfg("optimizer=adam", "optimizer.lr=1e-2"), "optimizer")
     assert type(adam) is keras.optimizers.Adam and np.isclose(float(adam.learning_rate), 1e-2)
+
 
 def test_lstsq_trainer_solves_the_linear_model_and_writes_the_run_dir(tmp_path):
     summary = train(tiny_cfg("model=linear", "model.kernel_size=7", *GAUSSIAN_5, "trainer=lstsq"), tmp_path)
