@@ -27,6 +27,7 @@ from convlearn import distribute
 from convlearn.checkpoints import Checkpoints
 from convlearn.errors import ConvlearnError
 from convlearn.geometry import Crops, align
+from convlearn.initialization import unit_variance
 from convlearn.models import footprint
 from convlearn.optim import current_lr
 from convlearn.perf import set_precision, set_threads
@@ -115,6 +116,8 @@ class Trainer:
     logical CPU devices); the model and optimizer must then be built inside :meth:`scope`.
     ``jit_compile`` compiles the single-device step with XLA, which fuses the elementwise work
     around the convolutions (see the README's Performance section for when it pays off).
+    ``init="lsuv"`` rescales the model's kernels on the first training batch before the first
+    step (:func:`convlearn.initialization.unit_variance`); ``"keras"`` keeps the layers' own.
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class Trainer:
         precision: Literal["float32", "bf16"] = "float32",
         threads: tuple[int, int] | None = None,
         jit_compile: bool = False,
+        init: Literal["keras", "lsuv"] = "keras",
     ) -> None:
         # First, before any op and before the model is built: both are fixed from then on.
         set_threads(threads)
@@ -146,6 +150,7 @@ class Trainer:
         self.keep_checkpoints = keep_checkpoints
         self.resume = resume
         self.jit_compile = jit_compile
+        self.init = init
         # For data pipelines that draw at random: checkpointed with the model, so a resumed run
         # draws what the uninterrupted run would have drawn.
         self.rng = tf.random.Generator.from_seed(seed)
@@ -185,6 +190,10 @@ class Trainer:
         history = History(*checkpoints.restore()) if checkpoints and self.resume else History()
         # A seeded stream replays its draws up to the resumed step, so it goes on where it was.
         feed = itertools.islice(feed, history.steps, None)
+        if self.init == "lsuv" and history.steps == 0:  # a resumed run has its trained weights
+            first = next(feed)
+            unit_variance(model, *first)
+            feed = itertools.chain([first], feed)
         bar = tqdm(
             range(history.steps, self.steps), initial=history.steps, total=self.steps,
             desc="training", disable=not self.progress, mininterval=0.5, leave=False,

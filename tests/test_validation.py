@@ -14,7 +14,7 @@ from convlearn.errors import ConvlearnError
 from convlearn.validation import validate
 from train import train
 
-TRAINER_KEYS = "checkpoint_every, deterministic, jit_compile, keep_checkpoints, on_nonfinite, precision, progress, resume, seed, steps, strategy, threads, val_every"
+TRAINER_KEYS = "checkpoint_every, deterministic, init, jit_compile, keep_checkpoints, on_nonfinite, precision, progress, resume, seed, steps, strategy, threads, val_every"
 
 # Mistakes the config check finds before anything is built: overrides -> the exact message.
 CONFIG_CASES = {

@@ -1,0 +1,67 @@
+"""LSUV initialisation: each conv's output rescaled on the training data, once, before the first step."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from convlearn.config import build
+from convlearn.initialization import unit_variance
+from convlearn.targets import footprint_of
+from convlearn.training import Trainer, make_batch, seed_everything
+from train import train
+
+
+def seed_model_and_batch(cfg):
+    """The seed model and the full-frame batch of ``cfg``'s generated image and target."""
+    seed_everything(0)
+    target = build(cfg, "target")
+    model = build(cfg, "model", target=footprint_of(target))
+    return model, make_batch(build(cfg, "data"), target, model)
+
+
+def conv_output_stds(model, inputs):
+    """Standard deviation of every conv's output before its bias and activation."""
+    stds, x = [], inputs
+    for layer in model.layers:
+        stds.append(float(tf.math.reduce_std(layer.convolution_op(x, layer.kernel))))
+        x = layer(x)
+    return stds
+
+
+def test_each_conv_output_gets_unit_std_and_the_last_the_targets(make_cfg):
+    model, batch = seed_model_and_batch(make_cfg())
+    before = conv_output_stds(model, batch.inputs)
+    assert before[-1] < 0.05  # the signal fades through the Glorot-initialised stack
+
+    factors = unit_variance(model, batch.inputs, batch.targets)
+
+    after = conv_output_stds(model, batch.inputs)
+    target_std = float(tf.math.reduce_std(batch.targets))
+    np.testing.assert_allclose(after, [1.0] * 12 + [target_std], rtol=1e-3)
+    assert len(factors) == 13
+    np.testing.assert_allclose(unit_variance(model, batch.inputs, batch.targets), 1.0, rtol=1e-3)  # a fixed point
+
+
+def test_trainer_rescales_before_its_first_step(make_cfg):
+    model, batch = seed_model_and_batch(make_cfg())
+    expected = keras.models.clone_model(model)
+    expected.set_weights(model.get_weights())
+    unit_variance(expected, batch.inputs, batch.targets)
+    unscaled = float(batch.loss(model))
+
+    history = Trainer(steps=2, progress=False, init="lsuv").fit(model, keras.optimizers.Adam(1e-3), batch)
+
+    # The first loss is measured before the first update: that of the rescaled model.
+    assert history.losses[0] == pytest.approx(float(batch.loss(expected)), rel=1e-5)
+    assert history.losses[0] != pytest.approx(unscaled, rel=1e-2)
+
+
+def test_resumed_run_keeps_its_trained_weights(make_cfg, tmp_path):
+    lsuv = ["trainer.init=lsuv", "logger.image_every=0"]
+    whole = train(make_cfg(*lsuv, "trainer.steps=6"), tmp_path / "whole")
+    train(make_cfg(*lsuv, "trainer.steps=3"), tmp_path / "split")
+    resumed = train(make_cfg(*lsuv, "trainer.steps=6", "trainer.resume=true"), tmp_path / "split")
+    keras_init = train(make_cfg("logger.image_every=0", "trainer.steps=6"), tmp_path / "keras")
+    assert resumed["losses"] == whole["losses"]
+    assert whole["losses"][0] != keras_init["losses"][0]
