@@ -29,7 +29,8 @@ def unit_variance(model: keras.Model, inputs: tf.Tensor, targets: tf.Tensor) -> 
     x = inputs
     for layer in model.layers:
         if id(layer) in wanted:
-            std = float(tf.math.reduce_std(tf.cast(layer.convolution_op(x, keras.ops.cast(layer.kernel, x.dtype)), tf.float32)))
+            kernel = keras.ops.cast(layer.kernel, x.dtype)  # bfloat16 under the mixed bf16 policy
+            std = float(tf.math.reduce_std(tf.cast(layer.convolution_op(x, kernel), tf.float32)))
             factor = wanted[id(layer)] / std if std > 0 else 1.0
             layer.kernel.assign(layer.kernel * factor)
             factors.append(factor)
