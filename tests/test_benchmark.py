@@ -150,7 +150,7 @@ def test_rows_option_runs_only_those_next_to_the_notebook_loop(benchmark, tmp_pa
         benchmark.main(["--quick", "--rows", "experiment=fast,fastest"])
 
 
-def test_fast_preset_is_the_notebook_experiment_with_a_tuned_adam(make_cfg):
+def test_fast_preset_is_the_notebook_experiment_with_lsuv_and_a_tuned_adam(make_cfg):
     cfg = make_cfg("experiment=fast")
     validate(cfg)
     optimizer = build(cfg, "optimizer")
