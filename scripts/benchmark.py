@@ -12,7 +12,8 @@ freshly. ``--quick`` runs the rows in this process to stay fast: its memory colu
 shared process's peak. Per row: steady steps/s (after the first steps, which trace and compile),
 the ratio to the notebook loop, the wall time from the first step until the model is as good as
 the notebook's after all its steps (its final MSE), peak memory, and the achieved GFLOP/s next to
-a plain matmul's, measured in the same run.
+a plain matmul's, measured in the same run. A full run also sweeps the thread pools and measures
+the logger's cost in turns with the bare step in one process, free of the drift between processes.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from convlearn import perf  # noqa: E402
 from convlearn.config import build  # noqa: E402
 from convlearn.data import as_images, make_feed, shapes  # noqa: E402
 from convlearn.logs import hparams_from_config  # noqa: E402
+from convlearn.optim import current_lr  # noqa: E402
 from convlearn.training import compiled_step, make_batch, mse, seed_everything  # noqa: E402
 from convlearn.validation import validate  # noqa: E402
 
@@ -54,6 +56,8 @@ PATCH, PATCH_BATCH = 128, 8
 # The memory goal: patch training on an image this large stays under 2 GB.
 LARGE_SIZE, QUICK_LARGE_SIZE = 4096, 96
 THREAD_SWEEP_STEPS = 100
+# The logger's cost: rounds of this many bare steps and as many logged ones, in turns.
+LOGGING_ROUNDS, LOGGING_CHUNK = 5, 50
 NOTEBOOK = "notebook loop"  # the reference every other row is measured against
 ROW_FIELDS = ("name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook_quality", "peak_mem_mb")
 
@@ -143,7 +147,8 @@ def run_row(spec: dict) -> dict:
     """Train one row's loop and return its per-step losses and times (the parent summarises).
 
     ``quality[k]``: the training MSE after ``k + 1`` updates (the next step's loss, and after the
-    last step a final evaluation), so it can be compared with the notebook's final MSE."""
+    last step a final evaluation), so it can be compared with the notebook's final MSE. Kind
+    ``logging`` returns :func:`_logging_cost`'s numbers instead."""
     perf.set_threads(spec.get("threads"))
     cfg = compose_config(spec["overrides"])
     validate(cfg)
@@ -180,6 +185,8 @@ def run_row(spec: dict) -> dict:
                 log_dir=Path(log_dir), batch=preview, config_text=OmegaConf.to_yaml(cfg),
                 hparams=hparams_from_config(cfg), target_kernel=target.linear_kernel(),
             ) as logger:
+                if spec["kind"] == "logging":
+                    return _logging_cost(model, optimizer, train, logger, spec["rounds"], spec["chunk"])
                 clock.logger = logger
                 clock.start()
                 losses = trainer.fit(model, optimizer, train, clock).losses
@@ -212,6 +219,33 @@ def _bare_loop(
         losses.append(step_fn(inputs, targets)[0])
         clock.tick()
     return [float(v) for v in losses]
+
+
+def _logging_cost(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, train: object, logger: object, rounds: int, chunk: int
+) -> dict:
+    """The logger's share of a step, in one process: ``chunk`` bare steps, then ``chunk`` steps
+    each followed by the logger's ``on_step`` (pictures at its own ``image_every``), ``rounds``
+    times in turns, so that the machine's drift (rows in separate processes differ by up to ~15%
+    here) falls on both alike."""
+    step_fn = compiled_step(model, optimizer, train.crops)
+    step_fn(train.inputs, train.targets)
+    logger.pictures(0, model)  # both traced before the clock runs
+    seconds = {"bare": 0.0, "logged": 0.0}
+    logged_steps = 0
+    for _ in range(rounds):
+        for mode in seconds:
+            start = time.perf_counter()
+            for _ in range(chunk):
+                loss, grad_norm, _ = step_fn(train.inputs, train.targets)
+                scalars = {"loss": float(loss), "grad_norm": float(grad_norm)}
+                if mode == "logged":
+                    logger.on_step(logged_steps, {**scalars, "learning_rate": current_lr(optimizer)}, model)
+                    logged_steps += 1
+            seconds[mode] += time.perf_counter() - start
+    bare, logged = rounds * chunk / seconds["bare"], rounds * chunk / seconds["logged"]
+    return {"rounds": rounds, "steps_per_round": chunk, "bare_steps_per_sec": bare, "logged_steps_per_sec": logged,
+            "overhead": 1 - logged / bare}
 
 
 def run_isolated(spec: dict, isolated: bool) -> dict:
@@ -353,8 +387,9 @@ def benchmark(args: argparse.Namespace) -> dict:
         rows.append(row)
         print(_line(row), flush=True)
     report["rows"] = rows
-    if not args.rows:  # a partial run (--rows) leaves the thread sweep out
+    if not args.rows:  # a partial run (--rows) leaves the thread sweep and the logging cost out
         report["threads"] = thread_sweep(data, steps, args.quick)
+        report["logging"] = logging_cost(data, args.quick, isolated)
     if args.scaling:
         report["scaling"] = scaling(args.quick, isolated, matmul)
     return report
@@ -371,6 +406,17 @@ def thread_sweep(data: list[str], steps: int, quick: bool) -> dict:
     best = max(sweep, key=lambda entry: entry["steps_per_sec"])
     print(f"threads [intra, inter]: best {best['threads']} at {best['steps_per_sec']:.1f} steps/s", flush=True)
     return {"results": sweep, "best": best["threads"]}
+
+
+def logging_cost(data: list[str], quick: bool, isolated: bool) -> dict:
+    """The default logger's cost next to the bare step, interleaved in one process (see :func:`_logging_cost`)."""
+    rounds, chunk = (2, QUICK_STEPS // 2) if quick else (LOGGING_ROUNDS, LOGGING_CHUNK)
+    spec = {"name": "logging cost", "kind": "logging", "rounds": rounds, "chunk": chunk,
+            "overrides": [*data, "trainer.progress=false"]}
+    cost = run_isolated(spec, isolated)
+    print(f"logging: {100 * cost['overhead']:.1f}% below the bare step ({cost['logged_steps_per_sec']:.2f} against "
+          f"{cost['bare_steps_per_sec']:.2f} steps/s, {rounds} rounds of {chunk} steps each, in turns)", flush=True)
+    return cost
 
 
 def scaling(quick: bool, isolated: bool, matmul: float) -> list[dict]:

@@ -134,10 +134,13 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     assert notebook["ratio_vs_notebook"] == 1.0 and 0 < notebook["seconds_to_notebook_quality"] <= notebook["total_seconds"]
     assert report["machine"]["matmul_gflops_float32"] > 0
     assert report["threads"]["results"][0]["applied"] == report["threads"]["results"][0]["threads"] == [1, 1]
+    logging = report["logging"]
+    assert logging["rounds"] == 2 and logging["logged_steps_per_sec"] > 0 and logging["bare_steps_per_sec"] > 0
+    assert logging["overhead"] == pytest.approx(1 - logging["logged_steps_per_sec"] / logging["bare_steps_per_sec"])
     modes = {(entry["size"], entry["mode"].split()[0]) for entry in report["scaling"]}
     assert modes == {(48, "full"), (48, "patches"), (64, "full"), (64, "patches"), (96, "patches")}
     assert all(entry["ns_per_pixel"] > 0 and entry["peak_mem_mb"] > 0 for entry in report["scaling"])
-    assert "notebook loop" in stdout and "threads [intra, inter]: best [1, 1]" in stdout
+    assert "notebook loop" in stdout and "threads [intra, inter]: best [1, 1]" in stdout and "logging: " in stdout
 
 
 def test_rows_option_runs_only_those_next_to_the_notebook_loop(benchmark, tmp_path):
