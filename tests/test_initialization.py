@@ -58,16 +58,12 @@ def test_trainer_rescales_before_its_first_step(make_cfg):
     assert history.losses[0] != pytest.approx(unscaled, rel=1e-2)
 
 
-@pytest.mark.parametrize("patches", [False, True], ids=["full frame", "patches"])
-def test_resumed_run_keeps_its_trained_weights(make_cfg, tmp_path, patches):
-    feed = []
-    if patches:  # the batch the rescaling looks at must still be the first one trained on
-        np.save(tmp_path / "image.npy", shapes(40, 48, n_circles=3, n_squares=3, min_size=4, max_size=10))
-        feed = ["data=file", f"data.path={tmp_path}/image.npy", "data.patch_size=24", "data.batch_size=2"]
-    lsuv = ["trainer.init=lsuv", "logger.image_every=0", *feed]
-    whole = train(make_cfg(*lsuv, "trainer.steps=6"), tmp_path / "whole")
-    train(make_cfg(*lsuv, "trainer.steps=3"), tmp_path / "split")
-    resumed = train(make_cfg(*lsuv, "trainer.steps=6", "trainer.resume=true"), tmp_path / "split")
-    keras_init = train(make_cfg("logger.image_every=0", "trainer.steps=6", *feed), tmp_path / "keras")
+def test_resumed_run_keeps_its_trained_weights(make_cfg, tmp_path):
+    # Random patches: the batch the rescaling looks at must also be the first one trained on.
+    np.save(tmp_path / "image.npy", shapes(40, 48, n_circles=3, n_squares=3, min_size=4, max_size=10))
+    lsuv = ["trainer.init=lsuv", "logger.image_every=0", "data=file", f"data.path={tmp_path}/image.npy",
+            "data.patch_size=24", "data.batch_size=2"]
+    whole = train(make_cfg(*lsuv, "trainer.steps=4"), tmp_path / "whole")
+    train(make_cfg(*lsuv, "trainer.steps=2"), tmp_path / "split")
+    resumed = train(make_cfg(*lsuv, "trainer.steps=4", "trainer.resume=true"), tmp_path / "split")
     assert resumed["losses"] == whole["losses"]
-    assert whole["losses"][0] != keras_init["losses"][0]
