@@ -15,23 +15,23 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from convlearn.models import conv_layers
+
 
 def unit_variance(model: keras.Model, inputs: tf.Tensor, targets: tf.Tensor) -> list[float]:
     """Rescale ``model``'s conv kernels in place, layer by layer on ``inputs``: each conv's output
     before its bias and activation gets unit standard deviation, the last one the standard
     deviation of ``targets``. Returns the factors applied, one per conv (1.0 where a layer's
     output is constant and no factor can help)."""
-    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    wanted = {id(layer): 1.0 for layer in convs}
-    if convs:
-        wanted[id(convs[-1])] = float(tf.math.reduce_std(tf.cast(targets, tf.float32)))
+    convs = conv_layers(model)
     factors = []
     x = inputs
     for layer in model.layers:
-        if id(layer) in wanted:
+        if layer in convs:
+            wanted = float(tf.math.reduce_std(tf.cast(targets, tf.float32))) if layer is convs[-1] else 1.0
             kernel = keras.ops.cast(layer.kernel, x.dtype)  # bfloat16 under the mixed bf16 policy
             std = float(tf.math.reduce_std(tf.cast(layer.convolution_op(x, kernel), tf.float32)))
-            factor = wanted[id(layer)] / std if std > 0 else 1.0
+            factor = wanted / std if std > 0 else 1.0
             layer.kernel.assign(layer.kernel * factor)
             factors.append(factor)
         x = layer(x)
