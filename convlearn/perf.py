@@ -6,6 +6,11 @@ trainer applies both first thing, from ``trainer.threads`` and ``trainer.precisi
 only pays off on CPUs with bfloat16 instructions; elsewhere TensorFlow emulates it, slower than
 float32, so asking for it there is refused rather than quietly slowing the run down.
 
+Whether XLA or TensorFlow's own graph runs a step faster depends on the CPU (for the notebook's
+model XLA was 1.3x faster on one 2-core machine and 2.4x slower on another), so
+``trainer.jit_compile=auto`` times both on the first batch (:func:`fastest_step`) and keeps the
+faster.
+
 The counting helpers (FLOPs of a conv stack, a plain matmul's GFLOP/s, peak memory) serve
 ``scripts/benchmark.py``: they put a model's speed next to what the hardware can do.
 """
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 
 import keras
@@ -77,6 +82,37 @@ def set_threads(threads: Sequence[int] | None) -> None:
             f"trainer.threads: TensorFlow already runs with {current} threads in this process; {[intra, inter]} "
             "can only be set before its first op (run it in a new process)"
         ) from None
+
+
+def fastest_step(
+    steps: Mapping[Hashable, Callable],
+    inputs: tf.Tensor,
+    targets: tf.Tensor,
+    state: Sequence[tf.Variable],
+    rounds: int = 3,
+    per_round: int = 2,
+) -> tuple[Hashable, dict[Hashable, float]]:
+    """Time training steps on the same batch and return the fastest one's key and every one's
+    steps/s. Each is traced and compiled first, outside the clock; then ``rounds`` turns of
+    ``per_round`` steps each, so that a drift of the machine's speed falls on all alike. The
+    ``state`` variables (the model's and the optimizer's) are put back afterwards: the timing
+    steps leave no trace in the training."""
+    saved = [variable.numpy() for variable in state]
+    seconds = dict.fromkeys(steps, 0.0)
+    try:
+        for step in steps.values():
+            step(inputs, targets)[0].numpy()
+        for _ in range(rounds):
+            for key, step in steps.items():
+                start = time.perf_counter()
+                for _ in range(per_round):
+                    float(step(inputs, targets)[0])  # waits for the step to finish
+                seconds[key] += time.perf_counter() - start
+    finally:
+        for variable, value in zip(state, saved):
+            variable.assign(value)
+    rates = {key: rounds * per_round / max(elapsed, 1e-9) for key, elapsed in seconds.items()}
+    return max(rates, key=rates.get), rates
 
 
 def training_flops(model: keras.Model, input_shape: Sequence[int]) -> int:

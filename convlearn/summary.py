@@ -48,6 +48,8 @@ def metrics(history: History, final_mse: float, targets: np.ndarray) -> dict:
     }
     if history.val_losses:
         summary["val_loss"] = history.val_losses[-1][1]  # at the last step
+    if history.jit_compile is not None:
+        summary["jit_compile"] = history.jit_compile
     return summary
 
 

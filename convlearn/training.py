@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -30,8 +31,10 @@ from convlearn.geometry import Crops, align
 from convlearn.initialization import unit_variance
 from convlearn.models import footprint
 from convlearn.optim import current_lr
-from convlearn.perf import set_precision, set_threads
+from convlearn.perf import fastest_step, set_precision, set_threads
 from convlearn.targets import Pipeline, footprint_of
+
+log = logging.getLogger("convlearn")
 
 
 @dataclass
@@ -65,6 +68,7 @@ class History:
     reason: str | None = None
     skipped_steps: list[int] = field(default_factory=list)
     checkpoint: str | None = None
+    jit_compile: bool | None = None  # whether XLA compiled the steps (what trainer.jit_compile=auto picked)
 
     def stop(self, status: str, step: int, reason: str) -> None:
         self.status, self.stopped_step, self.reason = status, step, reason
@@ -115,7 +119,8 @@ class Trainer:
     With ``strategy="mirrored"`` every step runs data-parallel on all GPUs (or, without GPUs, all
     logical CPU devices); the model and optimizer must then be built inside :meth:`scope`.
     ``jit_compile`` compiles the single-device step with XLA, which fuses the elementwise work
-    around the convolutions (see the README's Performance section for when it pays off).
+    around the convolutions; whether that is faster depends on the CPU, so ``"auto"`` times both
+    steps on the first batch and trains with the faster (:func:`convlearn.perf.fastest_step`).
     ``init="lsuv"`` rescales the model's kernels on the first training batch before the first
     step (:func:`convlearn.initialization.unit_variance`); ``"keras"`` keeps the layers' own.
     """
@@ -134,7 +139,7 @@ class Trainer:
         strategy: str | None = None,
         precision: Literal["float32", "bf16"] = "float32",
         threads: tuple[int, int] | None = None,
-        jit_compile: bool = False,
+        jit_compile: bool | Literal["auto"] = False,
         init: Literal["keras", "lsuv"] = "keras",
     ) -> None:
         # First, before any op and before the model is built: both are fixed from then on.
@@ -156,7 +161,7 @@ class Trainer:
         self.rng = tf.random.Generator.from_seed(seed)
 
         self.distribution = distribute.make_strategy(strategy)
-        if jit_compile and self.distribution is not None:
+        if jit_compile is True and self.distribution is not None:
             raise ConvlearnError(
                 "trainer.jit_compile: XLA compiles the single-device step only; drop trainer.strategy or jit_compile"
             )
@@ -178,10 +183,7 @@ class Trainer:
         ``(inputs, targets)`` batches (random patches). With ``validation`` batches, their mean MSE
         is recorded every ``val_every`` steps and at the end, and logged as ``val_loss``. With
         ``checkpoint_dir``, checkpoints go there and ``resume`` starts from the newest one."""
-        if self.distribution is not None:
-            step_fn = distribute.distributed_step(self.distribution, model, optimizer, batch.crops)
-        else:
-            step_fn = compiled_step(model, optimizer, batch.crops, self.jit_compile)
+        candidates = self._steps(model, optimizer, batch.crops)  # built first: they build the optimizer
         # Full-frame training shows the model the same batch at every step.
         feed = itertools.repeat((batch.inputs, batch.targets)) if isinstance(batch, Batch) else iter(batch)
         checkpoints = None
@@ -190,10 +192,22 @@ class Trainer:
         history = History(*checkpoints.restore()) if checkpoints and self.resume else History()
         # A seeded stream replays its draws up to the resumed step, so it goes on where it was.
         feed = itertools.islice(feed, history.steps, None)
-        if self.init == "lsuv" and history.steps == 0:  # a resumed run has its trained weights
+        lsuv = self.init == "lsuv" and history.steps == 0  # a resumed run has its trained weights
+        if lsuv or len(candidates) > 1:
             first = next(feed)
-            unit_variance(model, *first)
             feed = itertools.chain([first], feed)
+        if lsuv:
+            unit_variance(model, *first)
+        if len(candidates) > 1:
+            state = [*model.variables, *optimizer.variables]
+            history.jit_compile, rates = fastest_step(candidates, *first, state=state)
+            log.info(
+                "trainer.jit_compile=auto: XLA %.1f, graph %.1f steps/s on the first batch; training with %s",
+                rates[True], rates[False], "XLA" if history.jit_compile else "the graph",
+            )
+        else:
+            (history.jit_compile,) = candidates
+        step_fn = candidates[history.jit_compile]
         bar = tqdm(
             range(history.steps, self.steps), initial=history.steps, total=self.steps,
             desc="training", disable=not self.progress, mininterval=0.5, leave=False,
@@ -223,6 +237,16 @@ class Trainer:
         bar.close()
         self._checkpoint(checkpoints, history, every=1)
         return history
+
+    def _steps(
+        self, model: keras.Model, optimizer: keras.optimizers.Optimizer, crops: Crops
+    ) -> dict[bool, Callable]:
+        """The training steps to choose from, keyed by whether XLA compiles them: one, or with
+        ``jit_compile="auto"`` both. A distributed step is never compiled by XLA."""
+        if self.distribution is not None:
+            return {False: distribute.distributed_step(self.distribution, model, optimizer, crops)}
+        choices = (False, True) if self.jit_compile == "auto" else (bool(self.jit_compile),)
+        return {jit: compiled_step(model, optimizer, crops, jit) for jit in choices}
 
     def _guard(self, step: int, finite: bool, loss: float, grad_norm: float, history: History) -> bool:
         """Record a non-finite step (its update was not applied); False when the run must stop."""

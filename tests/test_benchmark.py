@@ -162,7 +162,7 @@ def test_fast_preset_is_the_notebook_experiment_with_lsuv_and_a_tuned_adam(make_
     assert optimizer.global_clipnorm == pytest.approx(0.05) and optimizer.beta_2 == pytest.approx(0.99)
     assert cfg.model._target_ == "convlearn.models.seed" and cfg.target.repeats == 5
     trainer = build(cfg, "trainer")
-    assert trainer.jit_compile is True and trainer.init == "lsuv"
+    assert trainer.jit_compile == "auto" and trainer.init == "lsuv"
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         assert compose(config_name="train", overrides=["experiment=fast"]).trainer.steps == 250  # fewer than the notebook's 500
 
@@ -176,3 +176,39 @@ def test_xla_step_trains_like_the_plain_step_and_repeats_itself(make_cfg, tmp_pa
     np.testing.assert_allclose(xla["losses"], plain["losses"], rtol=1e-3)
     with pytest.raises(ConvlearnError, match=r"trainer\.jit_compile: XLA compiles the single-device step only"):
         build(make_cfg("trainer.jit_compile=true", "trainer.strategy=mirrored"), "trainer")
+
+
+def test_fastest_step_picks_the_faster_and_puts_the_state_back():
+    counter = tf.Variable(0.0)
+    matrix = tf.random.stateless_uniform((256, 256), seed=(3, 4))
+
+    @tf.function
+    def cheap(inputs, targets):
+        counter.assign_add(1.0)
+        return counter, inputs, targets
+
+    @tf.function
+    def costly(inputs, targets):
+        counter.assign_add(1.0)
+        product = matrix
+        for _ in range(30):
+            product = tf.matmul(product, matrix) / 256.0
+        return counter + tf.reduce_sum(product) * 0.0, inputs, targets
+
+    picked, rates = perf.fastest_step({"costly": costly, "cheap": cheap}, tf.zeros(1), tf.zeros(1), state=[counter])
+    assert picked == "cheap" and rates["cheap"] > rates["costly"] > 0
+    assert float(counter) == 0.0  # 2 * (1 + 3 * 2) steps ran, and none of them counts
+
+
+def test_auto_jit_trains_exactly_like_the_step_it_picked(make_cfg, tmp_path, caplog):
+    # The timing steps run on the LSUV-rescaled model and are undone, model and optimizer alike:
+    # the run then equals one pinned to the picked step from the start.
+    with caplog.at_level("INFO", logger="convlearn"):
+        auto = train(make_cfg("trainer.steps=6", "trainer.init=lsuv", "trainer.jit_compile=auto"), tmp_path / "auto")
+    picked = auto["jit_compile"]
+    assert isinstance(picked, bool)
+    assert f"training with {'XLA' if picked else 'the graph'}" in caplog.text
+    pinned = make_cfg("trainer.steps=6", "trainer.init=lsuv", f"trainer.jit_compile={str(picked).lower()}")
+    assert train(pinned, tmp_path / "pinned")["losses"] == auto["losses"]
+    with pytest.raises(ConvlearnError, match=r"trainer\.jit_compile: .*true or false.*'auto'"):
+        validate(make_cfg("trainer.jit_compile=sometimes"))
