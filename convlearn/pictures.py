@@ -7,6 +7,7 @@ map centred on zero: red is positive, blue negative, white zero.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -17,10 +18,24 @@ KERNEL_CMAP = "RdBu_r"
 
 
 def colorize(array: np.ndarray, vmin: float, vmax: float, cmap: str = IMAGE_CMAP) -> np.ndarray:
-    """An array as uint8 RGB (one more axis of 3), mapped linearly from [vmin, vmax]."""
+    """An array as uint8 RGB (one more axis of 3), mapped linearly from [vmin, vmax]; NaN is black.
+
+    The same colours as calling the matplotlib colour map, which computes float RGBA for every
+    pixel; looking them up in its uint8 table takes half the time, and a picture event colours
+    over a million pixels."""
+    table = _colour_table(cmap)
+    top = len(table) - 2  # the last entry is NaN's
     scale = (np.asarray(array, np.float64) - vmin) / (vmax - vmin if vmax > vmin else 1.0)
-    rgba = colormaps[cmap](np.clip(scale, 0.0, 1.0))
-    return (rgba[..., :3] * 255).round().astype(np.uint8)
+    # matplotlib's binning: entry floor(scale * N), the top edge falling in the last one.
+    index = np.clip(scale * (top + 1), 0, top)
+    return table[np.where(np.isnan(index), top + 1, index).astype(np.intp)]
+
+
+@functools.cache
+def _colour_table(cmap: str) -> np.ndarray:
+    """The colour map's N entries as uint8 RGB, then black for NaN (matplotlib's 'bad' colour)."""
+    colours = colormaps[cmap](np.arange(colormaps[cmap].N))[:, :3]
+    return np.concatenate([(colours * 255).round().astype(np.uint8), np.zeros((1, 3), np.uint8)])
 
 
 def panel(images: list[np.ndarray], gap: int = 4) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Pictures: colour scales, kernel grids and channel grids read the way a person expects."""
 
 import numpy as np
+import pytest
+from matplotlib import colormaps
 
 from convlearn import pictures
 
@@ -53,3 +55,15 @@ def test_comparison_uses_one_scale_for_target_and_prediction():
     target_part, prediction_part = picture[:, 9:14], picture[:, 18:23]
     assert np.array_equal(target_part, prediction_part)
     assert len({tuple(px) for px in target_part.reshape(-1, 3)}) > 10  # a colour map, not one grey
+
+
+@pytest.mark.parametrize("cmap", ["viridis", "gray", "magma", "RdBu_r"])
+def test_colorize_gives_the_colour_maps_own_colours(cmap):
+    values = np.random.default_rng(0).normal(size=(6, 40, 50)).astype(np.float32)
+    values[0, 0, :6] = [np.nan, np.inf, -np.inf, -1.0, 1.0, 0.0]  # out of range, the edges, NaN
+    for low, high in [(-1.0, 1.0), (0.0, 0.0), (-3.0, 0.5)]:
+        # matplotlib's colour map on the clipped scale: float RGBA per pixel, rounded to uint8.
+        scale = np.clip((values.astype(np.float64) - low) / (high - low if high > low else 1.0), 0.0, 1.0)
+        expected = (colormaps[cmap](scale)[..., :3] * 255).round().astype(np.uint8)
+        assert np.array_equal(pictures.colorize(values, low, high, cmap), expected)
+    assert (pictures.colorize(values, -1.0, 1.0, cmap)[0, 0, 0] == 0).all()  # NaN is black
