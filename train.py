@@ -23,18 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from convlearn.analysis import recovery_metrics
-from convlearn.checkpoints import claim_run_dir
 from convlearn.config import build, one_line_composition_errors
-from convlearn.data import as_images, make_feed
 from convlearn.errors import ConvlearnError, full_error_wanted
-from convlearn.logs import hparams_from_config
-from convlearn.report import write_summary_png
-from convlearn.summary import metrics, save_run, target_stats
-from convlearn.sweep import check_objective, objective, record_failure, share_cores
-from convlearn.targets import footprint_of
-from convlearn.training import mse, seed_everything
-from convlearn.validation import validate
 
 log = logging.getLogger("convlearn")
 
@@ -44,6 +34,18 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
 
     ``overrides`` (Hydra's ``key=value`` task overrides) become the run's hyperparameters in
     TensorBoard's HPARAMS tab, next to the main choices."""
+    # These import TensorFlow (seconds): here rather than at the top, so that a mistyped
+    # override on the command line is reported before they load.
+    from convlearn.analysis import recovery_metrics
+    from convlearn.checkpoints import claim_run_dir
+    from convlearn.data import as_images, make_feed
+    from convlearn.logs import hparams_from_config
+    from convlearn.report import write_summary_png
+    from convlearn.summary import metrics, save_run, target_stats
+    from convlearn.targets import footprint_of
+    from convlearn.training import mse, seed_everything
+    from convlearn.validation import validate
+
     validate(cfg)
     trainer = build(cfg, "trainer")
     seed_everything(trainer.seed, trainer.deterministic)
@@ -98,6 +100,8 @@ def main(cfg: DictConfig) -> float:
     like a diverged job, returns ``inf`` instead of raising, so that the other jobs and the sweeper
     (Optuna aborts a search on the first raising trial) go on.
     """
+    from convlearn.sweep import check_objective, objective, record_failure, share_cores  # imports TensorFlow
+
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN

@@ -217,6 +217,15 @@ def test_cli_composition_mistake_prints_one_line_without_a_traceback(args, messa
     assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
 
 
+def test_a_composition_mistake_is_reported_before_tensorflow_loads(tmp_path):
+    # TensorFlow takes seconds to import; a typo on the command line should not wait for it.
+    command = [sys.executable, "-X", "importtime", str(ROOT / "train.py"), "model=bogus", f"hydra.run.dir={tmp_path}"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.stderr.strip().splitlines()[-1] == f"convlearn: error: {COMPOSE_CASES['model=bogus']}"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "hydra" in imported and "tensorflow" not in imported and "keras" not in imported
+
+
 def test_hydra_full_error_still_shows_hydras_error_and_traceback(monkeypatch, capsys, tmp_path):
     # Hydra's own exception leaves main() unchanged, and Python prints it with its traceback.
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
