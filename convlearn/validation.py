@@ -56,7 +56,7 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "convlearn.data.shapes": {"noise": at_least(0)},
     "convlearn.data.noise": {"std": above(0)},
     "convlearn.models.linear": {"kernel_size": at_least(1)},
-    "convlearn.models.seed": {
+    "convlearn.models.notebook": {
         "edge_filters": at_least(1), "width": at_least(1), "blur_layers": at_least(0), "blur_filters": at_least(1),
     },
     "convlearn.logs.TensorBoardLogger": {"scalar_every": at_least(1), "image_every": at_least(0)},

@@ -45,7 +45,7 @@ MODELS: dict[str, tuple[list[str], list[str]]] = {
     "linear": (["model=linear"],) * 2,
     "linear, trainer=lstsq": (["model=linear", "trainer=lstsq"],) * 2,
     "deep_linear": (["model=deep_linear", "model.depth=7", "model.kernel_size=4"], ["model=deep_linear"]),
-    "seed": (["model=seed", "optimizer.lr=3e-3"],) * 2,
+    "notebook": (["model=notebook", "optimizer.lr=3e-3"],) * 2,
     "edge_blur_structured": (["model=edge_blur_structured", "model.edge_size=auto"],) * 2,
     "can": (["model=can", "optimizer.lr=3e-3"],) * 2,
 }

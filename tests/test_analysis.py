@@ -59,7 +59,7 @@ def test_linearised_kernel_of_a_nonlinear_model_is_its_input_gradient():
     model = models.sequential([dict(filters=1, kernel_size=3, activation="relu", kernel_initializer="ones")])
     assert np.array_equal(analysis.linearised_kernel(model, np.ones((5, 5)))[:, :, 0], np.ones((3, 3)))
     assert np.array_equal(analysis.linearised_kernel(model, -np.ones((5, 5)))[:, :, 0], np.zeros((3, 3)))
-    assert analysis.effective_kernel(models.seed(), RNG.random((30, 30))).shape == (22, 22)
+    assert analysis.effective_kernel(models.notebook(), RNG.random((30, 30))).shape == (22, 22)
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])

@@ -160,7 +160,7 @@ def test_fast_preset_is_the_notebook_experiment_with_lsuv_and_a_tuned_adam(make_
     assert isinstance(optimizer, keras.optimizers.Adam)
     assert optimizer.epsilon == pytest.approx(1e-10) and current_lr(optimizer) == pytest.approx(4e-3)
     assert optimizer.global_clipnorm == pytest.approx(0.05) and optimizer.beta_2 == pytest.approx(0.99)
-    assert cfg.model._target_ == "convlearn.models.seed" and cfg.target.repeats == 5
+    assert cfg.model._target_ == "convlearn.models.notebook" and cfg.target.repeats == 5
     trainer = build(cfg, "trainer")
     assert trainer.jit_compile == "auto" and trainer.init == "lsuv"
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

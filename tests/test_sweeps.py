@@ -35,7 +35,7 @@ def metrics(job_dir):
 
 def test_grid_sweep_runs_every_job_and_the_report_ranks_them(tmp_path):
     sweep_dir = tmp_path / "grid"
-    sweep(sweep_dir, "optimizer.lr=1e-3,3e-3", "model=seed,linear")
+    sweep(sweep_dir, "optimizer.lr=1e-3,3e-3", "model=notebook,linear")
 
     jobs = sorted(path for path in sweep_dir.iterdir() if path.is_dir())
     assert [job.name for job in jobs] == ["0", "1", "2", "3"]
@@ -83,7 +83,7 @@ def test_parallel_sweep_survives_a_diverging_job_and_a_user_mistake(tmp_path):
 
 def test_optuna_search_finds_the_best_of_its_trials(tmp_path):
     sweep_dir = tmp_path / "optuna"
-    sweep(sweep_dir, "hparams_search=seed_optuna", "hydra.sweeper.n_trials=3")
+    sweep(sweep_dir, "hparams_search=notebook_optuna", "hydra.sweeper.n_trials=3")
 
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert set(best.best_params) == {"optimizer.lr", "model.width", "model.blur_layers", "model.activation"}

@@ -17,7 +17,7 @@ def read_events(log_dir):
     return {tag: events.Tensors(tag) for tag in events.Tags()["tensors"]}
 
 
-@pytest.mark.parametrize("model", ["seed", "linear"])
+@pytest.mark.parametrize("model", ["notebook", "linear"])
 def test_short_run_lowers_the_loss_and_writes_the_run_dir(make_cfg, tmp_path, model):
     cfg = make_cfg(f"model={model}", "trainer.steps=30", "optimizer.lr=3e-3")
     summary = train(cfg, tmp_path)
@@ -32,7 +32,7 @@ def test_short_run_lowers_the_loss_and_writes_the_run_dir(make_cfg, tmp_path, mo
     with np.load(tmp_path / "kernels.npz", allow_pickle=False) as saved:
         assert "conv_00" in saved.files
         # linear's kernel_size auto is edge_blur's receptive field
-        assert saved["conv_00"].shape == ((2, 2, 1, 2) if model == "seed" else (22, 22, 1, 1))
+        assert saved["conv_00"].shape == ((2, 2, 1, 2) if model == "notebook" else (22, 22, 1, 1))
     assert (tmp_path / "model.keras").is_file()
 
     events = read_events(tmp_path / "tb")

@@ -60,7 +60,7 @@ def test_missing_values_and_required_arguments_are_named():
 
 
 def test_the_shipped_configs_are_valid(make_cfg):
-    for overrides in [(), ("model=linear", "optimizer=sgd"), ("experiment=seed_notebook",)]:
+    for overrides in [(), ("model=linear", "optimizer=sgd"), ("experiment=notebook",)]:
         validate(make_cfg(*overrides))
 
 
@@ -156,13 +156,13 @@ def test_cli_prints_the_message_without_a_traceback(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "tb").exists()
 
 
-MODELS = "can, deep_linear, edge_blur_structured, linear, seed, sequential"
+MODELS = "can, deep_linear, edge_blur_structured, linear, notebook, sequential"
 NEW_KEY = "no such key in the config (add it with +{0}=... if it is meant to be new)"
 
 # Mistakes Hydra finds while composing the config, before convlearn's code runs: override -> the exact line.
 COMPOSE_CASES = {
     "model=bogus": f"model=bogus: no such option; model is one of {MODELS}",
-    "experiment=nope": "experiment=nope: no such option; experiment is one of fast, recover_kernel, seed_notebook",
+    "experiment=nope": "experiment=nope: no such option; experiment is one of fast, notebook, recover_kernel",
     "optimizer=bogus": "optimizer=bogus: no such option; optimizer is one of adam, gd, sgd",
     "hydra/launcher=nope": (
         "hydra/launcher=nope: no such option; hydra/launcher is one of basic, joblib, parallel, ray_cluster, "
