@@ -40,11 +40,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
     from convlearn.checkpoints import claim_run_dir
     from convlearn.data import as_images, make_feed
     from convlearn.logs import hparams_from_config
-    from convlearn.report import write_summary_png
-    from convlearn.summary import metrics, save_run, target_stats
+    from convlearn.report import write_report_png
+    from convlearn.results import metrics, save_run, target_stats
     from convlearn.targets import footprint_of
     from convlearn.training import mse, seed_everything
-    from convlearn.validation import validate
+    from convlearn.config_checks import validate
 
     validate(cfg)
     trainer = build(cfg, "trainer")
@@ -78,7 +78,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
         summary.update(recovery_metrics(model, batch, target))
         logger.on_end(history.steps, model, summary)
     save_run(run_dir, model, summary)
-    write_summary_png(run_dir / "summary.png", summary["losses"], batch, model, target_kernel)
+    write_report_png(run_dir / "report.png", summary["losses"], batch, model, target_kernel)
     if history.status == "failed":
         log.error(
             "training stopped at step %d: %s; that update was not applied, the model and %s hold the "

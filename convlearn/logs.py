@@ -33,7 +33,7 @@ from convlearn import pictures
 from convlearn.analysis import effective_kernel
 from convlearn.errors import ConvlearnError
 from convlearn.models import conv_layers
-from convlearn.summary import psnr_db
+from convlearn.results import psnr_db
 from convlearn.training import Batch
 
 HParamValue = bool | int | float | str

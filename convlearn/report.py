@@ -1,6 +1,6 @@
-"""Figures outside TensorBoard: a run's ``summary.png`` and the per-layer activation figure.
+"""Figures outside TensorBoard: a run's ``report.png`` and the per-layer activation figure.
 
-``summary.png`` is the one picture a person pastes into a report: the loss curve, input / target /
+``report.png`` is the one picture a person pastes into a report: the loss curve, input / target /
 prediction / error with colour bars, the first layer's kernels and the effective kernels.
 Figures are drawn on a ``matplotlib.figure.Figure`` (no pyplot), so no display or global
 backend state is involved.
@@ -23,7 +23,7 @@ from convlearn.models import conv_layers
 from convlearn.training import Batch
 
 
-def write_summary_png(
+def write_report_png(
     path: Path, losses: Sequence[float], batch: Batch, model: keras.Model, target_kernel: np.ndarray | None
 ) -> None:
     """Loss curve, the four-image comparison, first-layer and effective kernels in one PNG."""

@@ -19,7 +19,7 @@ from convlearn.config import build
 from convlearn.errors import ConvlearnError
 from convlearn.models import linear, sequential
 from convlearn.optim import current_lr
-from convlearn.validation import validate
+from convlearn.config_checks import validate
 from train import train
 
 

@@ -29,9 +29,9 @@ def run(tmp_path_factory):
     return run_dir, summary, cfg
 
 
-def test_summary_png_is_written_with_every_run(run):
+def test_report_png_is_written_with_every_run(run):
     run_dir, _, _ = run
-    with Image.open(run_dir / "summary.png") as picture:
+    with Image.open(run_dir / "report.png") as picture:
         width, height = picture.size
         colours = len(set(picture.convert("RGB").getdata()))
     assert (width, height) == (16 * 80, 8 * 80)

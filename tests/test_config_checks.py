@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, run_main
 from convlearn.errors import ConvlearnError
-from convlearn.validation import validate
+from convlearn.config_checks import validate
 from train import train
 
 TRAINER_KEYS = "checkpoint_every, deterministic, init, jit_compile, keep_checkpoints, on_nonfinite, precision, progress, resume, seed, steps, strategy, threads, val_every"

@@ -52,7 +52,7 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "checkpoint_every": at_least(0),
         "keep_checkpoints": at_least(1),
     },
-    "convlearn.optim.build": {"lr": above(0), "decay_steps": at_least(1), "warmup_steps": at_least(0)},
+    "convlearn.optim.make_optimizer": {"lr": above(0), "decay_steps": at_least(1), "warmup_steps": at_least(0)},
     "convlearn.data.shapes": {"noise": at_least(0)},
     "convlearn.data.noise": {"std": above(0)},
     "convlearn.models.linear": {"kernel_size": at_least(1)},
