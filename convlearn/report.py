@@ -18,9 +18,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from convlearn import pictures
+from convlearn.data import Batch
 from convlearn.logs import compared_images, effective_kernels, layer_outputs
 from convlearn.models import conv_layers
-from convlearn.training import Batch
 
 
 def write_report_png(

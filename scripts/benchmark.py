@@ -40,11 +40,11 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from convlearn import perf  # noqa: E402
 from convlearn.config import build  # noqa: E402
-from convlearn.data import as_images, make_feed, shapes  # noqa: E402
+from convlearn.config_checks import validate  # noqa: E402
+from convlearn.data import as_images, make_batch, make_feed, shapes  # noqa: E402
 from convlearn.logs import hparams_from_config  # noqa: E402
 from convlearn.optim import current_lr  # noqa: E402
-from convlearn.training import compiled_step, make_batch, mse, seed_everything  # noqa: E402
-from convlearn.config_checks import validate  # noqa: E402
+from convlearn.training import compiled_step, mse, seed_everything  # noqa: E402
 
 QUICK_DATA = [
     "data.height=48", "data.width=56", "data.n_circles=3", "data.n_squares=3", "data.min_size=4", "data.max_size=10"

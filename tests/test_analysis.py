@@ -159,18 +159,6 @@ def test_the_recover_kernel_preset_trains_with_plain_gradient_descent_or_another
     assert type(adam) is keras.optimizers.Adam and np.isclose(float(adam.learning_rate), 1e-2)
 
 
-def test_lstsq_trainer_solves_the_linear_model_and_writes_the_run_dir(tmp_path):
-    summary = train(tiny_cfg("model=linear", "model.kernel_size=7", *GAUSSIAN_5, "trainer=lstsq"), tmp_path)
-    assert summary["kernel_rel_error"] < 1e-6 and summary["lstsq_rel_mse"] < 1e-10
-    assert summary["steps"] == 1 and summary["final_loss"] < 1e-6 * summary["losses"][0]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["kernel_rel_error"] == summary["kernel_rel_error"] and np.isfinite(metrics["psnr_db"])
-    with np.load(tmp_path / "kernels.npz", allow_pickle=False) as saved:
-        assert analysis.kernel_rel_error(saved["conv_00"][:, :, 0, 0], gaussian(1.0, 5)) < 1e-6
-        reloaded = keras.saving.load_model(tmp_path / "model.keras")
-        assert np.array_equal(reloaded.layers[0].kernel.numpy(), saved["conv_00"])
-
-
 def test_deep_linear_composes_to_the_gaussian(tmp_path):
     # Two 3x3 layers represent the 5x5 Gaussian exactly; from split_delta plain gradient descent
     # gets there (centred deltas stop at ~1.7%). Measured over seeds: 5e-5 to 1.2e-4.
@@ -200,16 +188,6 @@ def test_pairs_runs_report_the_least_squares_optimum_and_lstsq_solves_them(tmp_p
         assert error < 1e-6 and summary["rel_mse"] < 1e-12
     else:  # 12 steps of Adam from a random kernel: far from the optimum, and the metric says so
         assert error > 0.1 and summary["rel_mse"] > 1e6 * summary["lstsq_rel_mse"]
-
-
-def test_lstsq_trainer_refuses_nonlinear_models(tmp_path):
-    with pytest.raises(ConvlearnError, match="trainer=lstsq: model 'can' must be a single VALID conv"):
-        train(tiny_cfg("model=can", "model.depth=2", "model.width=2", *GAUSSIAN_5, "trainer=lstsq"), tmp_path)
-
-
-def test_lstsq_trainer_is_one_step():
-    with pytest.raises(ConvlearnError, match="trainer.steps: trainer=lstsq solves in exactly 1 step, got 12"):
-        analysis.LeastSquares(steps=12)
 
 
 def test_no_recovery_metrics_for_a_nonlinear_target(make_cfg, tmp_path):

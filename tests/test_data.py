@@ -10,10 +10,9 @@ from scipy.ndimage import correlate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from convlearn import kernels, models
-from convlearn.data import Stream, file, folder, load_image, make_feed, noise, pairs, shapes
+from convlearn.data import Batch, Stream, file, folder, load_image, make_feed, noise, pairs, shapes
 from convlearn.errors import ConvlearnError
 from convlearn.targets import Convolve, Pipeline
-from convlearn.training import Batch
 from train import train
 
 

@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 
 from convlearn.config import build
-from convlearn.data import shapes
+from convlearn.data import make_batch, shapes
 from convlearn.initialization import unit_variance
 from convlearn.targets import footprint_of
-from convlearn.training import Trainer, make_batch, seed_everything
+from convlearn.training import Trainer, seed_everything
 from train import train
 
 

@@ -14,9 +14,9 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import ROOT, TINY
 from convlearn.config import build
+from convlearn.data import make_batch
 from convlearn.logs import TensorBoardLogger, effective_kernels, hparams_from_config, write_histogram
 from convlearn.models import linear, sequential
-from convlearn.training import make_batch
 from train import train
 
 OVERRIDES = ["optimizer.lr=3e-3", "model=notebook", "data.height=40"]

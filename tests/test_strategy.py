@@ -23,7 +23,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 from hydra import compose, initialize_config_dir
 from convlearn.config import build
-from convlearn.training import make_batch, seed_everything
+from convlearn.data import make_batch
+from convlearn.training import seed_everything
 
 with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
     cfg = compose(config_name="train", overrides=sys.argv[2:])
