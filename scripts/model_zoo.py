@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from convlearn.config import build  # noqa: E402 (needs the repository on the path)
 from convlearn.errors import ConvlearnError  # noqa: E402
-from train import train  # noqa: E402
+from convlearn.pipeline import run_experiment  # noqa: E402
 
 
 # The target presets of configs/target/, as override lists; sobel_x is a custom kernel.
@@ -107,7 +107,7 @@ def main() -> None:
                 run_dir = run_dir.with_name(name + "_lstsq")
             cell = time.perf_counter()
             try:
-                summary = train(cfg, run_dir)
+                summary = run_experiment(cfg, run_dir).metrics
             except ConvlearnError as err:
                 psnr.setdefault(model, {})[name] = "n/a"
                 print(f"{model} on {name}: {err}", file=sys.stderr)

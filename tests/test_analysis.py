@@ -15,8 +15,8 @@ from convlearn import analysis, models
 from convlearn.config import build
 from convlearn.errors import ConvlearnError
 from convlearn.kernels import gaussian, sobel
+from convlearn.pipeline import run_experiment
 from convlearn.targets import Convolve, Pipeline
-from train import train
 
 RNG = np.random.default_rng(0)
 
@@ -147,7 +147,7 @@ def recover_cfg(*overrides: str, trainer: str = "default"):
 def test_the_recover_kernel_preset_recovers_linear_kernels(tmp_path, target, trainer, tolerance):
     # Gradient descent on white noise (the preset's 300 steps) and the closed-form solve both
     # reach the kernel; the float32 target limits either to ~1e-7.
-    summary = train(recover_cfg(*target, trainer=trainer), tmp_path)
+    summary = run_experiment(recover_cfg(*target, trainer=trainer), tmp_path).metrics
     assert summary["kernel_rel_error"] < tolerance and summary["lstsq_rel_mse"] < 1e-10
 
 
@@ -163,7 +163,7 @@ def test_deep_linear_composes_to_the_gaussian(tmp_path):
     # Two 3x3 layers represent the 5x5 Gaussian exactly; from split_delta plain gradient descent
     # gets there (centred deltas stop at ~1.7%). Measured over seeds: 5e-5 to 1.2e-4.
     cfg = recover_cfg("model=deep_linear", "model.kernel_initializer=split_delta", *GAUSSIAN_5, "trainer.steps=1000")
-    summary = train(cfg, tmp_path)
+    summary = run_experiment(cfg, tmp_path).metrics
     assert summary["kernel_rel_error"] < 1e-3
     reloaded = keras.saving.load_model(tmp_path / "model.keras")
     composed = analysis.composed_kernel(reloaded)[:, :, 0, 0]
@@ -179,7 +179,7 @@ def test_pairs_runs_report_the_least_squares_optimum_and_lstsq_solves_them(tmp_p
         "data=pairs", f"data.inputs={tmp_path}/in", f"data.targets={tmp_path}/out", "data.patch_size=null",
         "model=linear", "model.kernel_size=5", f"trainer={trainer}",
     )
-    summary = train(cfg, tmp_path / "run")
+    summary = run_experiment(cfg, tmp_path / "run").metrics
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["lstsq_rel_mse"] == summary["lstsq_rel_mse"] < 1e-12 and "kernel_rel_error" not in metrics
     with np.load(tmp_path / "run" / "kernels.npz", allow_pickle=False) as saved:
@@ -191,5 +191,5 @@ def test_pairs_runs_report_the_least_squares_optimum_and_lstsq_solves_them(tmp_p
 
 
 def test_no_recovery_metrics_for_a_nonlinear_target(make_cfg, tmp_path):
-    summary = train(make_cfg("model=linear", "trainer.steps=2"), tmp_path)
+    summary = run_experiment(make_cfg("model=linear", "trainer.steps=2"), tmp_path).metrics
     assert "kernel_rel_error" not in summary and "lstsq_rel_mse" not in summary

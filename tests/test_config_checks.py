@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from conftest import ROOT, TINY, run_main
 from convlearn.errors import ConvlearnError
 from convlearn.config_checks import validate
-from train import train
+from convlearn.pipeline import run_experiment
 
 TRAINER_KEYS = "checkpoint_every, deterministic, init, jit_compile, keep_checkpoints, on_nonfinite, precision, progress, resume, seed, steps, strategy, threads, val_every"
 
@@ -114,27 +114,27 @@ def test_bad_inputs_fail_before_training_and_leave_the_run_dir_empty(tmp_path, m
     for name, message in input_cases(tmp_path).items():
         run_dir = tmp_path / f"run-{name}"
         with pytest.raises(ConvlearnError) as caught:
-            train(file_cfg(tmp_path / name), run_dir)
+            run_experiment(file_cfg(tmp_path / name), run_dir)
         assert str(caught.value) == message
         assert not run_dir.exists()
 
 
 def test_kernel_larger_than_the_image_is_refused(make_cfg, tmp_path):
     with pytest.raises(ConvlearnError) as caught:
-        train(make_cfg("model=linear", "model.kernel_size=50"), tmp_path / "run")
+        run_experiment(make_cfg("model=linear", "model.kernel_size=50"), tmp_path / "run")
     assert str(caught.value) == "image is too small for the model: 40x48 pixels, but the model's receptive field is 50x50"
     assert not (tmp_path / "run").exists()
 
 
 def test_a_run_dir_is_never_shared_and_resume_needs_a_checkpoint(make_cfg, tmp_path):
-    train(make_cfg("model=linear", "trainer.steps=2"), tmp_path)  # the cheapest model: any run claims its dir
+    run_experiment(make_cfg("model=linear", "trainer.steps=2"), tmp_path)  # the cheapest model: any run claims its dir
     with pytest.raises(ConvlearnError) as caught:
-        train(make_cfg("model=linear", "trainer.steps=2"), tmp_path)
+        run_experiment(make_cfg("model=linear", "trainer.steps=2"), tmp_path)
     assert str(caught.value) == (
         f"hydra.run.dir: {tmp_path} already holds a run; continue it with trainer.resume=true or pick a new directory"
     )
     with pytest.raises(ConvlearnError) as caught:
-        train(make_cfg("trainer.resume=true"), tmp_path / "never-ran")
+        run_experiment(make_cfg("trainer.resume=true"), tmp_path / "never-ran")
     assert str(caught.value) == (
         f"trainer.resume=true: no checkpoint in {tmp_path}/never-ran/checkpoints; "
         "pass hydra.run.dir=<the directory of the run to resume>"
@@ -240,7 +240,7 @@ def test_a_picture_too_large_to_decode_safely_is_refused(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((40, 48), np.uint8)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # as if the picture had billions of pixels
     with pytest.raises(ConvlearnError) as caught:
-        train(file_cfg(tmp_path / "bomb.png"), tmp_path / "run")
+        run_experiment(file_cfg(tmp_path / "bomb.png"), tmp_path / "run")
     assert str(caught.value) == (
         f"data.path: cannot read image {tmp_path}/bomb.png: Image size (1920 pixels) exceeds limit of 200 pixels, "
         "could be decompression bomb DOS attack."

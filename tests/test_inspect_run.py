@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import ROOT, TINY, load_script
 from convlearn.config import build
-from train import train
+from convlearn.pipeline import run_experiment
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def run(tmp_path_factory):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*TINY, "trainer.steps=3"])
     run_dir = tmp_path_factory.mktemp("run")
-    summary = train(cfg, run_dir)
+    summary = run_experiment(cfg, run_dir).metrics
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     return run_dir, summary, cfg

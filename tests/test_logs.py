@@ -17,7 +17,7 @@ from convlearn.config import build
 from convlearn.data import make_batch
 from convlearn.logs import TensorBoardLogger, effective_kernels, hparams_from_config, write_histogram
 from convlearn.models import linear, sequential
-from train import train
+from convlearn.pipeline import run_experiment
 
 OVERRIDES = ["optimizer.lr=3e-3", "model=notebook", "data.height=40"]
 PICTURE_STEPS = [0, 5, 10, 12]
@@ -46,7 +46,7 @@ def png(event):
 @pytest.fixture(scope="module")
 def notebook_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("notebook_run")
-    summary = train(compose_cfg(*OVERRIDES), run_dir, OVERRIDES)
+    summary = run_experiment(compose_cfg(*OVERRIDES), run_dir, OVERRIDES).metrics
     accumulator, events = read_events(run_dir / "tb")
     return run_dir, summary, accumulator, events
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY, run_main
-from train import train
+from convlearn.pipeline import run_experiment
 
 
 def read_events(log_dir):
@@ -20,7 +20,7 @@ def read_events(log_dir):
 @pytest.mark.parametrize("model", ["notebook", "linear"])
 def test_short_run_lowers_the_loss_and_writes_the_run_dir(make_cfg, tmp_path, model):
     cfg = make_cfg(f"model={model}", "trainer.steps=30", "optimizer.lr=3e-3")
-    summary = train(cfg, tmp_path)
+    summary = run_experiment(cfg, tmp_path).metrics
 
     assert summary["final_loss"] < summary["losses"][0]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
