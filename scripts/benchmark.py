@@ -46,9 +46,7 @@ from convlearn.optim import current_lr  # noqa: E402
 from convlearn.pipeline import build_experiment, train_experiment  # noqa: E402
 from convlearn.training import compiled_step, mse  # noqa: E402
 
-QUICK_DATA = [
-    "data.height=48", "data.width=56", "data.n_circles=3", "data.n_squares=3", "data.min_size=4", "data.max_size=10"
-]
+QUICK_DATA = ["debug=tiny"]  # configs/debug/tiny.yaml: the tests' tiny image
 QUICK_STEPS = 6
 SCALING_SIZES = [128, 256, 512, 1024, 2048]
 QUICK_SCALING_SIZES = [48, 64]

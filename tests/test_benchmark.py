@@ -79,6 +79,7 @@ def test_precision_and_threads_values_are_checked(make_cfg):
         perf.set_threads([2])
 
 
+@pytest.mark.slow
 def test_threads_apply_in_a_fresh_process_and_are_refused_once_tensorflow_runs():
     code = (
         "from convlearn.perf import set_threads; set_threads([1, 2]); import tensorflow as tf; "
@@ -115,6 +116,7 @@ def test_rows_are_summarised_against_the_notebook(benchmark):
     assert never["seconds_to_notebook_quality"] is None
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     # --quick runs its rows in this process anyway (the thread sweep's row still gets a fresh one),
     # so main() here checks the same as a `python scripts/benchmark.py --quick` would, without
@@ -143,6 +145,7 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     assert "notebook loop" in stdout and "threads [intra, inter]: best [1, 1]" in stdout and "logging: " in stdout
 
 
+@pytest.mark.slow
 def test_rows_option_runs_only_those_next_to_the_notebook_loop(benchmark, tmp_path):
     out = tmp_path / "bench.json"
     assert benchmark.main(["--quick", "--rows", "convlearn bare step", "--out", str(out)]) == 0

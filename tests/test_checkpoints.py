@@ -53,6 +53,7 @@ def wait_for_checkpoint_after(process, folder, step, polls=12000):
     pytest.fail(f"no checkpoint after step {step} in {folder}")
 
 
+@pytest.mark.slow
 def test_killed_and_interrupted_run_resumes_bit_for_bit(make_cfg, tmp_path):
     reference = run_experiment(make_cfg(*LONG), tmp_path / "reference").metrics
     run_dir = tmp_path / "run"

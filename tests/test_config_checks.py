@@ -59,9 +59,24 @@ def test_missing_values_and_required_arguments_are_named():
     assert str(caught.value) == "data.path: missing; convlearn.data.load_image needs it (add data.path=...)"
 
 
-def test_the_shipped_configs_are_valid(make_cfg):
-    for overrides in [(), ("model=linear", "optimizer=sgd"), ("experiment=notebook",)]:
-        validate(make_cfg(*overrides))
+# What an option needs besides itself to be a whole config: the paths a user gives.
+NEEDS = {"data=file": ["data.path=img.npy"], "data=folder": ["data.path=images"],
+         "data=pairs": ["data.inputs=before", "data.targets=after"]}
+
+
+def shipped_options() -> list[str]:
+    """``group=option`` for every file in configs/ (Hydra's own settings under configs/hydra aside)."""
+    groups = [folder for folder in sorted((ROOT / "configs").iterdir()) if folder.is_dir() and folder.name != "hydra"]
+    return [f"{group.name}={option.stem}" for group in groups for option in sorted(group.glob("*.yaml"))]
+
+
+def test_every_shipped_config_composes_and_is_valid():
+    options = shipped_options()
+    assert {"model=notebook", "experiment=notebook", "hparams_search=notebook_optuna", "debug=tiny"} <= set(options)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        validate(compose(config_name="train"))
+        for option in options:
+            validate(compose(config_name="train", overrides=[option, *NEEDS.get(option, [])]))
 
 
 def file_cfg(path):
@@ -148,6 +163,7 @@ def run_train_py(*args, cwd):
     )
 
 
+@pytest.mark.slow
 def test_cli_prints_the_message_without_a_traceback(tmp_path):
     result = run_train_py("optimizer.lr=-1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 1
@@ -209,6 +225,7 @@ CLI_COMPOSE_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", CLI_COMPOSE_CASES.items(), ids=[" ".join(k) for k in CLI_COMPOSE_CASES])
 def test_cli_composition_mistake_prints_one_line_without_a_traceback(args, message, tmp_path):
     result = run_train_py(*args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
@@ -217,6 +234,7 @@ def test_cli_composition_mistake_prints_one_line_without_a_traceback(args, messa
     assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_composition_mistake_is_reported_before_tensorflow_loads(tmp_path):
     # TensorFlow takes seconds to import; a typo on the command line should not wait for it.
     command = [sys.executable, "-X", "importtime", str(ROOT / "train.py"), "model=bogus", f"hydra.run.dir={tmp_path}"]

@@ -54,6 +54,7 @@ print(json.dumps({"single": fit(None), "mirrored": fit("mirrored")}))
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_matches_one_device_on_the_same_batch():
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(ROOT / "configs"), *TINY, "trainer.steps=4", "optimizer.lr=3e-3"],

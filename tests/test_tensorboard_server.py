@@ -50,6 +50,7 @@ def wait_for(server: subprocess.Popen, base: str, route: str, ready, log) -> dic
     pytest.fail(f"tensorboard did not serve {route} within {DEADLINE_SECONDS} s")
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_the_runs_scalars_images_and_hparams(tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*TINY, *OVERRIDES])

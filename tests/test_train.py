@@ -54,6 +54,7 @@ def test_overrides_reach_the_objects(make_cfg):
     assert build(cfg, "target").footprint.shrink == (1 + 2 * 4,) * 2
 
 
+@pytest.mark.slow
 def test_user_mistakes_fail_with_one_line_and_no_traceback(tmp_path, monkeypatch, capsys, caplog):
     # train.py's command line in this process (test_validation also runs a real `python train.py`):
     # main() turns each mistake into the one line Python prints before exiting 1. Hydra leaves
