@@ -119,6 +119,7 @@ def test_skip_mode_leaves_out_nonfinite_updates_and_finishes(make_cfg, tmp_path)
     assert np.all(np.isfinite(kernels(tmp_path)["conv_00"]))
 
 
+@pytest.mark.slow
 def test_two_seeded_runs_are_bit_identical_and_another_seed_differs(make_cfg, tmp_path):
     first = run_experiment(make_cfg("trainer.seed=3", "trainer.steps=6"), tmp_path / "a").metrics
     second = run_experiment(make_cfg("trainer.seed=3", "trainer.steps=6"), tmp_path / "b").metrics
@@ -153,6 +154,7 @@ def test_resume_trains_further_and_warns_about_a_changed_config(make_cfg, tmp_pa
     assert "optimizer.lr: 0.001 -> 0.003; trainer.steps: 4 -> 7" in caplog.text
 
 
+@pytest.mark.slow
 def test_resumed_patch_stream_draws_the_same_patches(make_cfg, tmp_path):
     from convlearn.data import shapes
 

@@ -110,6 +110,7 @@ def tiny_model(kernel_size=3, channels=1):
     return models.linear(kernel_size=kernel_size, channels=channels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("patch_size", ["null", "24"])
 def test_pairs_learn_the_filter_that_made_the_targets(make_cfg, tmp_path, patch_size):
     write_pairs(tmp_path, 5)
