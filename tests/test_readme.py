@@ -130,21 +130,16 @@ def tiny_settings(overrides: list[str]) -> list[str]:
 
 
 def build_to_first_step(cfg: DictConfig) -> None:
-    """What train.py builds before it trains: checks, data, target, model and the aligned feed."""
-    from convlearn.config import build
-    from convlearn.data import as_images, make_feed
-    from convlearn.targets import footprint_of
-    from convlearn.validation import validate
+    """What a run builds before its first step: checks, trainer, data, target, model and the aligned feed."""
+    from convlearn.config_checks import validate
+    from convlearn.pipeline import build_experiment
 
     validate(cfg)
-    images = as_images(build(cfg, "data"))
-    target = None if images.given_targets else build(cfg, "target")
-    model = build(cfg, "model", target=footprint_of(target), **images.model_kwargs())
-    build(cfg, "optimizer")
-    if cfg.trainer.get("threads") is None:
-        # Thread pools can only be sized before TensorFlow's first op, long past in this process.
-        build(cfg, "trainer")
-    make_feed(images, target, model)
+    if cfg.trainer.get("threads") is not None:
+        # Thread pools can only be sized before TensorFlow's first op, long past in this process;
+        # validate() has checked the value.
+        cfg.trainer.threads = None
+    build_experiment(cfg)
 
 
 @pytest.mark.slow
