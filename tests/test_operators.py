@@ -11,11 +11,13 @@ from skimage.exposure import adjust_gamma, adjust_sigmoid
 from skimage.filters import unsharp_mask
 from skimage.morphology import disk
 
+from convlearn.config import build
 from convlearn.errors import ConvlearnError
 from convlearn.geometry import align
 from convlearn.models import footprint, linear
 from convlearn.operators import Bilateral, Curve, LocalContrast, Rank, difference_of_gaussians, window
 from convlearn.targets import Convolve, Pipeline
+from train import train
 
 # convlearn's border names and scipy.ndimage's modes for the same fill.
 SCIPY_MODES = {"zero": "constant", "reflect": "mirror", "symmetric": "reflect", "edge": "nearest"}
@@ -207,3 +209,30 @@ def test_valid_is_the_centre_of_same(image, border):
         np.testing.assert_allclose(
             apply(make("valid"), image), apply(make("same"), image)[margin:-margin, margin:-margin], rtol=1e-6, atol=1e-7
         )
+
+
+PRESET_STEPS = {
+    "median": ["median"], "dilation": ["max"], "erosion": ["min"], "opening": ["min", "max"], "closing": ["max", "min"],
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_STEPS))
+def test_rank_presets_and_their_footprints(make_cfg, preset):
+    target = build(make_cfg(f"target={preset}", "target.size=5", "target.shape=disk"), "target")
+    assert [step.op for step in target.steps] == PRESET_STEPS[preset]
+    assert all(np.array_equal(step.mask, disk(2)) for step in target.steps)
+    assert target.footprint.shrink == (4 * len(target.steps),) * 2 and target.linear_kernel() is None
+    same = build(make_cfg(f"target={preset}", "target.padding=same", "target.border=edge"), "target")
+    assert same.footprint.shrink == (0, 0) and same.steps[0].border == "edge"
+
+
+def test_windowed_presets_know_their_shrink(make_cfg):
+    shrinks = {"bilateral": 6, "local_contrast": 12, "dog": 10, "gamma": 0, "sigmoid": 0}
+    for preset, shrink in shrinks.items():
+        assert build(make_cfg(f"target={preset}"), "target").footprint.shrink == (shrink, shrink), preset
+
+
+def test_a_model_that_cannot_line_up_with_the_median_stops_in_one_line(make_cfg, tmp_path):
+    cfg = make_cfg("target=median", "model=linear", "model.kernel_size=4")
+    with pytest.raises(ConvlearnError, match="half a pixel apart"):
+        train(cfg, tmp_path)
