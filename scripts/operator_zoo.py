@@ -1,7 +1,7 @@
 """Can a conv net learn a median filter? Every model of the zoo trained on real photos for each
 non-linear operator for the same budget, measured on held-out photos against the best linear filter.
 
-    python scripts/operator_zoo.py --out zoo.md              # 300 steps per cell, data=samples
+    python scripts/operator_zoo.py --out zoo.md              # 200 steps per cell, data=samples
     python scripts/operator_zoo.py --steps 100 --operators median gamma --models linear can_small
 
 Every cell is an ordinary ``train.py`` run with ``data=samples`` (its run dir lands under
@@ -41,18 +41,18 @@ from train import train  # noqa: E402
 OPERATORS: dict[str, list[str]] = {
     "median": ["target=median"],
     "dilation": ["target=dilation"],
-    "opening": ["target=opening"],
     "bilateral": ["target=bilateral"],
-    "local_contrast": ["target=local_contrast"],
     "gamma": ["target=gamma"],
+    "opening": ["target=opening"],
+    "local_contrast": ["target=local_contrast"],
 }
 # The models, as model overrides: a linear filter trained like the others, the notebook's model, and
 # the context aggregation network at two depths and widths (receptive fields 17 and 33 pixels).
 MODELS: dict[str, list[str]] = {
-    "linear": ["model=linear", "model.kernel_size=9", "model.use_bias=true"],
-    "notebook": ["model=seed"],
     "can_small": ["model=can", "model.depth=4", "model.width=16"],
     "can_large": ["model=can", "model.depth=5", "model.width=32"],
+    "linear": ["model=linear", "model.kernel_size=9", "model.use_bias=true"],
+    "notebook": ["model=seed"],
 }
 
 
@@ -133,7 +133,7 @@ def report(results: dict[str, dict[str, dict]], args: argparse.Namespace) -> str
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; the defaults are the budget of the table in docs/operators.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per cell")
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per cell")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam's peak learning rate")
     parser.add_argument("--scale", type=float, default=0.5, help="resize factor of the photos (data.scale)")
     parser.add_argument("--lstsq-size", type=int, default=9, help="side of the linear optimum's kernel")
@@ -149,15 +149,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
     logging.getLogger("convlearn").setLevel(logging.WARNING)
     results: dict[str, dict[str, dict]] = {}
     start = time.perf_counter()
-    for operator in args.operators:
-        cfg = compose_run(OPERATORS[operator], args)
-        images, target = build(cfg, "data"), build(cfg, "target")
-        results.setdefault("lstsq", {})[operator] = linear_optimum(images, target, args.lstsq_size)
-        for name in args.models:
-            cfg = compose_run([*OPERATORS[operator], *MODELS[name]], args)
+    loaded: dict[str, tuple[Images, Pipeline]] = {}
+    # Model by model, so that a stopped run leaves whole rows.
+    for name in args.models:
+        for operator in args.operators:
+            if operator not in loaded:
+                cfg = compose_run(OPERATORS[operator], args)
+                loaded[operator] = images, target = build(cfg, "data"), build(cfg, "target")
+                results.setdefault("lstsq", {})[operator] = linear_optimum(images, target, args.lstsq_size)
+            images, target = loaded[operator]
             run_dir = args.runs / name / operator
             cell = time.perf_counter()
-            summary = train(cfg, run_dir)
+            summary = train(compose_run([*OPERATORS[operator], *MODELS[name]], args), run_dir)
             model = keras.models.load_model(run_dir / "model.keras", safe_mode=True)
             scores = held_out(images, target, model)
             results.setdefault(name, {})[operator] = {**scores, "seconds": time.perf_counter() - cell,
