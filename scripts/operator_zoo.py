@@ -35,7 +35,7 @@ from convlearn import geometry  # noqa: E402 (needs the repository on the path)
 from convlearn.config import build  # noqa: E402
 from convlearn.data import Images, make_feed  # noqa: E402
 from convlearn.targets import Pipeline  # noqa: E402
-from train import train  # noqa: E402
+from convlearn.pipeline import run_experiment  # noqa: E402
 
 # The operators, as target overrides (presets of configs/target/).
 OPERATORS: dict[str, list[str]] = {
@@ -52,7 +52,7 @@ MODELS: dict[str, list[str]] = {
     "can_small": ["model=can", "model.depth=4", "model.width=16"],
     "can_large": ["model=can", "model.depth=5", "model.width=32"],
     "linear": ["model=linear", "model.kernel_size=9", "model.use_bias=true"],
-    "notebook": ["model=seed"],
+    "notebook": ["model=notebook"],
 }
 
 
@@ -160,11 +160,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
             images, target = loaded[operator]
             run_dir = args.runs / name / operator
             cell = time.perf_counter()
-            summary = train(compose_run([*OPERATORS[operator], *MODELS[name]], args), run_dir)
-            model = keras.models.load_model(run_dir / "model.keras", safe_mode=True)
-            scores = held_out(images, target, model)
+            run = run_experiment(compose_run([*OPERATORS[operator], *MODELS[name]], args), run_dir)
+            scores = held_out(images, target, run.model)
             results.setdefault(name, {})[operator] = {**scores, "seconds": time.perf_counter() - cell,
-                                                      "steps_per_sec": summary["steps_per_sec"]}
+                                                      "steps_per_sec": run.metrics["steps_per_sec"]}
             print(f"{name} on {operator}: held-out PSNR {scores['psnr_db']:.1f} dB, rel_mse {scores['rel_mse']:.2e} "
                   f"(lstsq {results['lstsq'][operator]['rel_mse']:.2e}), {time.perf_counter() - cell:.0f} s",
                   file=sys.stderr, flush=True)

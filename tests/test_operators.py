@@ -16,8 +16,8 @@ from convlearn.errors import ConvlearnError
 from convlearn.geometry import align
 from convlearn.models import footprint, linear
 from convlearn.operators import Bilateral, Curve, LocalContrast, Rank, difference_of_gaussians, window
+from convlearn.pipeline import run_experiment
 from convlearn.targets import Convolve, Pipeline
-from train import train
 
 # convlearn's border names and scipy.ndimage's modes for the same fill.
 SCIPY_MODES = {"zero": "constant", "reflect": "mirror", "symmetric": "reflect", "edge": "nearest"}
@@ -235,4 +235,4 @@ def test_windowed_presets_know_their_shrink(make_cfg):
 def test_a_model_that_cannot_line_up_with_the_median_stops_in_one_line(make_cfg, tmp_path):
     cfg = make_cfg("target=median", "model=linear", "model.kernel_size=4")
     with pytest.raises(ConvlearnError, match="half a pixel apart"):
-        train(cfg, tmp_path)
+        run_experiment(cfg, tmp_path)

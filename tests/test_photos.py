@@ -10,7 +10,7 @@ from skimage import data as skdata
 from convlearn.config import build
 from convlearn.errors import ConvlearnError
 from convlearn.photos import samples
-from train import train
+from convlearn.pipeline import run_experiment
 
 
 def test_the_default_split_holds_photos_out_at_half_size(make_cfg):
@@ -65,6 +65,6 @@ def test_a_median_trains_on_photos_and_is_measured_on_held_out_ones(make_cfg, tm
         "data=samples", "target=median", "model=can", "model.depth=3", "model.width=4", "data.scale=0.25",
         "data.train=[camera,coins]", "data.val=[moon]", "data.patch_size=32", "trainer.val_every=2",
     )
-    summary = train(cfg, tmp_path)
+    summary = run_experiment(cfg, tmp_path).metrics
     assert np.isfinite(summary["val_loss"]) and summary["val_loss"] > 0
     assert json.loads((tmp_path / "metrics.json").read_text())["val_loss"] == summary["val_loss"]
