@@ -10,7 +10,7 @@ from skimage import data as skdata
 from convlearn.config import build
 from convlearn.errors import ConvlearnError
 from convlearn.photos import samples
-from convlearn.pipeline import run_experiment
+from convlearn.pipeline import build_experiment, run_experiment
 
 
 def test_the_default_split_holds_photos_out_at_half_size(make_cfg):
@@ -67,4 +67,7 @@ def test_a_median_trains_on_photos_and_is_measured_on_held_out_ones(make_cfg, tm
     )
     summary = run_experiment(cfg, tmp_path).metrics
     assert np.isfinite(summary["val_loss"]) and summary["val_loss"] > 0
+    # PSNR on the held-out photo, peak = the range of its targets over the compared pixels.
+    held_out = build_experiment(cfg).feed.validation[0].targets.numpy()
+    assert summary["val_psnr_db"] == pytest.approx(10 * np.log10(np.ptp(held_out) ** 2 / summary["val_loss"]))
     assert json.loads((tmp_path / "metrics.json").read_text())["val_loss"] == summary["val_loss"]
