@@ -6,6 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from scipy import ndimage
 from skimage.exposure import adjust_gamma, adjust_sigmoid
 from skimage.filters import unsharp_mask
@@ -236,3 +238,17 @@ def test_a_model_that_cannot_line_up_with_the_median_stops_in_one_line(make_cfg,
     cfg = make_cfg("target=median", "model=linear", "model.kernel_size=4")
     with pytest.raises(ConvlearnError, match="half a pixel apart"):
         run_experiment(cfg, tmp_path)
+
+
+def test_the_documented_median_then_gamma_composes():
+    # The example of docs/operators.md.
+    spec = OmegaConf.create("""
+_target_: convlearn.targets.Pipeline
+name: median_gamma
+steps:
+  - {_target_: convlearn.operators.Rank, op: median, size: 3}
+  - {_target_: convlearn.operators.Curve, kind: gamma, gamma: 0.5}
+""")
+    pipeline, image = instantiate(spec), random_image(seed=10)
+    assert pipeline.footprint.shrink == (2, 2)
+    np.testing.assert_allclose(pipeline.apply(image), np.sqrt(ndimage.median_filter(image, 3)[1:-1, 1:-1]), rtol=1e-6)
