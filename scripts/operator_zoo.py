@@ -161,6 +161,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
             run_dir = args.runs / name / operator
             cell = time.perf_counter()
             run = run_experiment(compose_run([*OPERATORS[operator], *MODELS[name]], args), run_dir)
+            if run.metrics["status"] != "completed":  # stopped (Ctrl-C, a diverged loss): not a result of the budget
+                print(f"{name} on {operator}: {run.metrics['status']} ({run.metrics.get('reason')}); the table "
+                      "keeps the cells before it", file=sys.stderr)
+                print(report(results, args))
+                return results
             scores = held_out(images, target, run.model)
             results.setdefault(name, {})[operator] = {**scores, "seconds": time.perf_counter() - cell,
                                                       "steps_per_sec": run.metrics["steps_per_sec"]}
