@@ -6,7 +6,8 @@ cheap (a small fraction of a step on average):
 * every ``scalar_every`` steps: the trainer's scalars (loss, grad_norm, learning_rate) plus
   ``rel_mse``, ``psnr_db`` (both derived from the loss) and ``steps_per_sec``;
 * at step 0, every ``image_every`` steps and at the end: input | target | prediction | error,
-  every conv layer's kernels, the model's effective kernel next to the target's, each layer's
+  every conv layer's kernels, the model's effective kernel next to the target's (for a non-linear
+  target: linearised at a flat pixel, an edge and a corner), each layer's
   activation maps, and histograms of weights and gradients (each part switchable);
 * once: the resolved config as text, and the run's hyperparameters and final metrics for the
   HPARAMS tab.
@@ -33,7 +34,8 @@ from convlearn import pictures
 from convlearn.analysis import effective_kernel
 from convlearn.data import Batch, compared
 from convlearn.errors import ConvlearnError
-from convlearn.models import conv_layers
+from convlearn.geometry import Footprint
+from convlearn.models import conv_layers, footprint
 from convlearn.results import psnr_db
 
 HParamValue = bool | int | float | str
@@ -249,12 +251,66 @@ def effective_kernels(model: keras.Model, target_kernel: np.ndarray | None, batc
     """[model's effective kernel, target's kernel if there is one], for a side-by-side picture.
 
     The model's is exact for a linear stack and linearised at the centre of the batch's first
-    image otherwise; none when that image cannot hold the model's receptive field."""
+    image otherwise; none when that image cannot hold the model's receptive field. Without a
+    target kernel (a non-linear target) the model's kernel linearised at a flat pixel, an edge
+    pixel and a corner pixel instead (:func:`landmark_kernels`): for a non-linear operator the
+    kernel depends on where one looks."""
+    image = batch.inputs.numpy()[0]
     try:
-        model_kernel = effective_kernel(model, batch.inputs.numpy()[0])
+        if target_kernel is None:
+            return landmark_kernels(model, image)
+        model_kernel = effective_kernel(model, image)
     except ConvlearnError:
         return []
-    return [model_kernel] if target_kernel is None else [model_kernel, np.asarray(target_kernel, np.float64)]
+    return [model_kernel, np.asarray(target_kernel, np.float64)]
+
+
+def landmark_kernels(model: keras.Model, image: np.ndarray) -> list[np.ndarray]:
+    """The model's kernels linearised (the input gradient of one output pixel, channel 0 to 0) at
+    the :func:`landmarks` of ``image`` (``(H, W, C)``): a flat pixel, an edge and a corner, in that
+    order; none when no receptive field fits in the image. A linear model gives its kernel three times."""
+    fp = footprint(model)
+    pixels = landmarks(image[..., 0], fp, (image.shape[0] - fp.shrink[0], image.shape[1] - fp.shrink[1]))
+    inputs = tf.constant(image[None], tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(inputs)
+        outputs = model(inputs, training=False)
+        values = [outputs[0, row, col, 0] for row, col in pixels]
+    kernels = []
+    for (row, col), value in zip(pixels, values):
+        gradient = tape.gradient(value, inputs)[0, ..., 0].numpy()
+        top, left = (_field_starts(fp, axis, index) for axis, index in ((0, row), (1, col)))
+        kernels.append(gradient[top : top + fp.extent[0], left : left + fp.extent[1]].astype(np.float64))
+    return kernels
+
+
+def landmarks(image: np.ndarray, fp: Footprint, output_shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """Output pixels (row, col) of an operator of footprint ``fp`` centred on the flattest spot of
+    the 2-D ``image``, its strongest straight edge and its strongest corner, by the structure tensor
+    over 5x5 windows: flat has the least gradient energy, the edge the largest gap between the
+    tensor's eigenvalues, the corner the largest smaller eigenvalue. Only output pixels whose
+    receptive field lies inside the image are candidates; none: an empty list."""
+    starts = [_field_starts(fp, axis, np.arange(output_shape[axis])) for axis in (0, 1)]
+    inside = [np.nonzero((s >= 0) & (s + fp.extent[a] <= image.shape[a]))[0] for a, s in enumerate(starts)]
+    if not (len(inside[0]) and len(inside[1])):
+        return []
+    gy, gx = np.gradient(image.astype(np.float64))
+    centres = np.ix_(*[starts[a][inside[a]] + (fp.extent[a] - 1) // 2 for a in (0, 1)])
+    xx, yy, xy = (_box5(a * b)[centres] for a, b in ((gx, gx), (gy, gy), (gx, gy)))
+    half_trace, gap = (xx + yy) / 2, np.sqrt(((xx - yy) / 2) ** 2 + xy**2)
+    picks = [np.argmin(half_trace + gap), np.argmax(gap), np.argmax(half_trace - gap)]
+    return [(int(inside[0][p // len(inside[1])]), int(inside[1][p % len(inside[1])])) for p in picks]
+
+
+def _field_starts(fp: Footprint, axis: int, index: np.ndarray | int) -> np.ndarray | int:
+    """The first input pixel of the receptive field of output pixel ``index`` (positions doubled, see geometry)."""
+    return (fp.shift2[axis] + 2 * index - (fp.extent[axis] - 1)) // 2
+
+
+def _box5(values: np.ndarray) -> np.ndarray:
+    """Mean over each pixel's 5x5 window, the border repeated."""
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(values, 2, mode="edge"), (5, 5))
+    return windows.mean(axis=(-2, -1))
 
 
 def hparams_from_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, HParamValue]:

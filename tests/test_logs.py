@@ -4,6 +4,7 @@ import io
 import json
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,7 +16,10 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from conftest import ROOT, TINY
 from convlearn.config import build
 from convlearn.data import make_batch
-from convlearn.logs import TensorBoardLogger, effective_kernels, hparams_from_config, write_histogram
+from convlearn.geometry import conv
+from convlearn.logs import (
+    TensorBoardLogger, effective_kernels, hparams_from_config, landmark_kernels, landmarks, write_histogram,
+)
 from convlearn.models import linear, sequential
 from convlearn.pipeline import run_experiment
 
@@ -87,7 +91,8 @@ def test_pictures_at_start_every_n_and_end(notebook_run):
     first_layer = png(events["activations/conv_00"][0])
     assert first_layer.shape[:2] == (39, 2 * 47 + 2)  # two 39x47 maps side by side
     effective = png(events["kernels/effective"][0])
-    assert effective.shape[:2] == (22 * 8, 22 * 8)  # the 22x22 receptive field, enlarged 8x
+    # edge_blur is not linear: the 22x22 receptive field's kernel at three pixels, enlarged 8x, 8-px gaps.
+    assert effective.shape[:2] == (22 * 8, 3 * 22 * 8 + 2 * 8)
     assert not np.array_equal(png(events["kernels/conv_00"][0]), png(events["kernels/conv_00"][-1]))
 
 
@@ -184,6 +189,37 @@ def test_effective_kernel_of_a_linear_model_is_its_kernel_next_to_the_targets(tm
     _, events = read_events(tmp_path)
     # Both on one enlargement (192 // 6 = 32 px a tap): 4x4 model kernel, 8-px gap, 6x6 target.
     assert png(events["kernels/effective"][0]).shape[:2] == (6 * 32, 4 * 32 + 8 + 6 * 32)
+
+
+def square_picture():
+    """A bright 16x16 square on a dark 40x40 floor, its top-left corner at (12, 12)."""
+    image = np.zeros((40, 40), np.float32)
+    image[12:28, 12:28] = 1.0
+    return image
+
+
+def test_landmarks_are_a_flat_spot_an_edge_and_a_corner():
+    fp = conv((3, 3))  # output pixel (i, j) is centred on input pixel (i + 1, j + 1)
+    flat, edge, corner = [(r + 1, c + 1) for r, c in landmarks(square_picture(), fp, (38, 38))]
+    def to_side(v):  # distance to the nearest of the square's sides (the steps lie between pixels)
+        return min(abs(v - 11.5), abs(v - 27.5))
+
+    assert min(to_side(v) for v in flat) > 5  # away from the square's sides (the 5x5 windows see nothing)
+    assert sorted(to_side(v) <= 3 for v in edge) == [False, True]  # near one side, away from its corners
+    assert all(to_side(v) <= 3 for v in corner)  # near two sides: a corner
+    assert landmarks(square_picture(), conv((41, 41)), (0, 0)) == []  # no receptive field fits
+
+
+def test_a_non_linear_model_has_a_kernel_per_landmark():
+    # relu(x - 0.5), 1x1: slope 1 on the bright square, 0 on the dark floor.
+    model = sequential([dict(filters=1, kernel_size=1, activation="relu", kernel_initializer="ones",
+                             bias_initializer=keras.initializers.Constant(-0.5))])
+    flat, edge, corner = landmark_kernels(model, square_picture()[..., None])
+    assert flat.shape == (1, 1) and flat[0, 0] == 0.0  # the flat spot is on the floor
+    linear_model = linear(kernel_size=3)
+    kernel = linear_model.layers[0].kernel.numpy()[:, :, 0, 0]
+    for found in landmark_kernels(linear_model, square_picture()[..., None]):
+        assert np.allclose(found, kernel, atol=1e-6)
 
 
 def test_logger_flushes_and_closes_when_training_fails(tmp_path):
