@@ -122,7 +122,8 @@ def precision_refusal(precision: str, device: Device) -> str | None:
         kind = "bfloat16" if precision == "bf16" else "float16"
         return (
             f"'{precision}' needs a CPU with {kind} instructions ({' or '.join(flags)} in /proc/cpuinfo) or a GPU; "
-            "this CPU has none and no GPU is visible, so it would run slower than float32; use trainer.precision=float32"
+            "this CPU has none and no GPU is visible, so it would run slower than float32; "
+            "use trainer.precision=float32"
         )
     return None
 
