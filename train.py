@@ -100,7 +100,7 @@ def main(cfg: DictConfig) -> float:
     like a diverged job, returns ``inf`` instead of raising, so that the other jobs and the sweeper
     (Optuna aborts a search on the first raising trial) go on.
     """
-    from convlearn.sweep import check_objective, objective, record_failure, share_cores  # imports TensorFlow
+    from convlearn.sweep import check_objective, objective, record_failure, share_cores, share_gpus  # imports TF
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -110,6 +110,9 @@ def main(cfg: DictConfig) -> float:
         threads = share_cores(hydra_cfg.launcher.get("n_jobs")) if in_sweep else None
         if threads:
             log.info("TensorFlow uses %d thread(s) per pool, sharing the cores with parallel jobs", threads)
+        gpu = share_gpus(hydra_cfg.job.num, hydra_cfg.launcher.get("n_jobs")) if in_sweep else None
+        if gpu:
+            log.info("this job trains on %s, one GPU per parallel job", gpu)
         summary = train(cfg, run_dir, hydra_cfg.overrides.task)
     except ConvlearnError as err:
         if full_error_wanted():
