@@ -77,7 +77,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
         summary = metrics(history, mse(model, batch), batch.targets.numpy())
         summary.update(recovery_metrics(model, batch, target))
         logger.on_end(history.steps, model, summary)
-    save_run(run_dir, model, summary)
+    save_run(run_dir, model, summary, batch.inputs.numpy()[0], target_kernel)
     write_summary_png(run_dir / "summary.png", summary["losses"], batch, model, target_kernel)
     if history.status == "failed":
         log.error(
