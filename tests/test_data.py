@@ -95,7 +95,8 @@ def test_colour_becomes_gray_by_its_luma_and_gray_becomes_colour(tmp_path):
     expected = pixels.astype(np.float64) @ [0.299, 0.587, 0.114] / 65535
     np.testing.assert_allclose(load_image(tmp_path / "c.png", "gray"), expected, rtol=1e-6)
     write_picture(tmp_path / "g.tif", pixels[..., 0])
-    np.testing.assert_allclose(load_image(tmp_path / "g.tif", "rgb"), np.repeat(pixels[..., :1] / 65535, 3, -1), rtol=1e-6)
+    gray_as_colour = np.repeat(pixels[..., :1] / 65535, 3, axis=-1)
+    np.testing.assert_allclose(load_image(tmp_path / "g.tif", "rgb"), gray_as_colour, rtol=1e-6)
 
 
 def test_float_tiffs_keep_their_values_and_planar_colour_is_read_as_colour(tmp_path):
