@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import keras
 import pytest
 import tensorflow as tf
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import ROOT
 from convlearn import perf
 from convlearn.errors import ConvlearnError
 
@@ -105,6 +109,16 @@ def test_the_training_device_is_the_gpu_with_its_compute_capability():
     device = perf.training_device()
     assert device.kind == "GPU" and device.count == len(tf.config.get_visible_devices("GPU"))
     assert device.capability is not None and device.capability >= (3, 5)
-    # Memory growth is on once the trainer has set up the devices.
-    perf.enable_memory_growth()
-    assert all(tf.config.experimental.get_memory_growth(g) for g in tf.config.get_visible_devices("GPU"))
+
+
+@requires_gpu
+def test_the_trainer_turns_memory_growth_on_before_the_gpu_is_used():
+    # In a new process: memory growth can only be set before TensorFlow first uses the GPU, which
+    # this test process has long done.
+    code = (
+        "import tensorflow as tf; import train; from convlearn.training import Trainer; Trainer(steps=1); "
+        "tf.constant(1.0) + 1; "
+        "print(all(tf.config.experimental.get_memory_growth(g) for g in tf.config.get_visible_devices('GPU')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "True", result.stderr[-2000:]
