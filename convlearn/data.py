@@ -28,7 +28,6 @@ from convlearn.errors import ConvlearnError
 from convlearn.geometry import Crops, align
 from convlearn.models import footprint
 from convlearn.targets import Pipeline, footprint_of
-from convlearn.training import Batch, make_batch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 CHANNELS = {"gray": 1, "rgb": 3}
@@ -37,6 +36,41 @@ KERNELS = ("shared", "separate")
 # The logger's comparison picture and the final metrics use a centre crop of at most this size
 # of the first training image, so that they stay cheap on large images.
 PREVIEW_SIZE = 256
+
+
+@dataclass
+class Batch:
+    """Model inputs, and targets already cut to the pixels the model's output is compared on."""
+
+    inputs: tf.Tensor
+    targets: tf.Tensor
+    crops: Crops
+
+    def predict(self, model: keras.Model) -> tf.Tensor:
+        """The model's output on the inputs, cut to the compared region, in float32."""
+        rows, cols = self.crops.model
+        return tf.cast(model(self.inputs, training=False)[:, rows, cols, :], tf.float32)
+
+    def loss(self, model: keras.Model) -> tf.Tensor:
+        """MSE of the model's output against the targets, over the compared pixels."""
+        return tf.reduce_mean(tf.square(self.predict(model) - self.targets))
+
+
+def make_batch(
+    image: np.ndarray, target: Pipeline | None, model: keras.Model, given: np.ndarray | None = None
+) -> Batch:
+    """The training batch for one ``(H, W)`` image or a stack ``(N, H, W, C)``: the target computed
+    once and cropped to the pixels the model's output covers too. With ``target=None`` the
+    targets are ``given`` images of the same shape (data=pairs), aligned pixel for pixel."""
+    image = np.asarray(image, np.float32)
+    inputs = tf.constant(image[None, ..., None] if image.ndim == 2 else image)
+    crops = align(footprint(model), footprint_of(target), tuple(inputs.shape[1:3]))
+    rows, cols = crops.target
+    if target is not None:
+        full = target(inputs)
+    else:
+        full = tf.constant(np.reshape(np.asarray(given, np.float32), inputs.shape))
+    return Batch(inputs=inputs, targets=full[:, rows, cols, :], crops=crops)
 
 
 def shapes(
@@ -190,8 +224,6 @@ def _load_picture(path: Path, channels: str, key: str) -> np.ndarray:
         pixels = _read_pixels(path)
     except (OSError, ValueError, RuntimeError, Image.DecompressionBombError) as err:  # the readers' errors
         raise ConvlearnError(f"{key}: cannot read image {path}: {err}") from None
-    if pixels.size == 0:  # tifffile's answer to a TIFF whose pages cannot be found
-        raise ConvlearnError(f"{key}: cannot read image {path}: it holds no pixels")
     if pixels.ndim == 3 and pixels.shape[0] in (3, 4) and pixels.shape[-1] > 4:
         pixels = np.moveaxis(pixels, 0, -1)  # a TIFF stored colour plane by colour plane
     if pixels.ndim == 2:
@@ -213,20 +245,30 @@ def _load_picture(path: Path, channels: str, key: str) -> np.ndarray:
 def _read_pixels(path: Path) -> np.ndarray:
     """The pixels as stored: PNG through libpng (imagecodecs) and TIFF through tifffile, so that
     16-bit colour keeps its 16 bits (Pillow reads 16-bit colour PNGs as 8-bit); JPEG, BMP and GIF,
-    8-bit formats, through Pillow."""
-    suffix = path.suffix.lower()
-    if suffix == ".png":
-        import imagecodecs
+    8-bit formats, through Pillow. A picture larger than Pillow's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``, twice over) is refused from its header, before it is decoded."""
+    from PIL import Image
 
-        return imagecodecs.png_decode(path.read_bytes())
+    suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        return tifffile.imread(path)  # all pages: a stack is refused, not cut to its first image
-    from PIL import Image
+        with tifffile.TiffFile(path) as tiff:
+            if not tiff.series:
+                raise ValueError("it holds no image")
+            shape = tiff.series[0].shape  # all pages: a stack is refused later, not cut to its first image
+            limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+            if limit and int(np.prod(shape)) > limit:
+                raise Image.DecompressionBombError(
+                    f"{_size(shape)} values, more than twice PIL.Image.MAX_IMAGE_PIXELS: possibly a decompression bomb"
+                )
+            return tiff.asarray()
+    with Image.open(path) as picture:  # reads the header only, and refuses a decompression bomb
+        if suffix != ".png":
+            return np.asarray(picture if picture.mode == "L" else picture.convert("RGB"))
+    import imagecodecs
 
-    with Image.open(path) as picture:
-        return np.asarray(picture if picture.mode == "L" else picture.convert("RGB"))
+    return imagecodecs.png_decode(path.read_bytes())
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from convlearn.errors import ConvlearnError
 from convlearn.perf import set_threads
-from convlearn.summary import write_json
+from convlearn.results import write_json
 
 # Metrics a sweeper can minimise; all are "lower is better".
 OBJECTIVES = ("final_loss", "best_loss", "rel_mse")

@@ -12,7 +12,7 @@ import scipy.ndimage
 from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, load_script, tiny_cfg
-from train import train
+from convlearn.pipeline import run_experiment
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def apply_script():
 def finished_run(run_dir, *overrides):
     """A short run into ``run_dir`` with its config saved where Hydra saves it."""
     cfg = tiny_cfg(*overrides, "trainer.steps=3", "logger.image_every=0")
-    train(cfg, run_dir)
+    run_experiment(cfg, run_dir)
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     return run_dir

@@ -17,11 +17,10 @@ from scipy.ndimage import correlate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from convlearn import kernels, models
-from convlearn.data import Stream, file, folder, load_image, make_feed, noise, pairs, shapes
+from convlearn.data import Batch, Stream, file, folder, load_image, make_feed, noise, pairs, shapes
 from convlearn.errors import ConvlearnError
+from convlearn.pipeline import run_experiment
 from convlearn.targets import Convolve, Pipeline
-from convlearn.training import Batch
-from train import train
 
 
 def test_shapes_is_a_bright_on_dark_image_in_unit_range():
@@ -108,10 +107,15 @@ def test_float_tiffs_keep_their_values_and_planar_colour_is_read_as_colour(tmp_p
     np.testing.assert_allclose(load_image(tmp_path / "p.tif", "rgb"), np.moveaxis(planes, 0, -1) / 65535, rtol=1e-6)
 
 
-def test_a_stack_in_one_file_is_refused_with_one_line(tmp_path):
+def test_a_stack_a_bomb_or_a_broken_tiff_is_refused_with_one_line(tmp_path, monkeypatch):
     tifffile.imwrite(tmp_path / "s.tif", np.zeros((2, 3, 4, 5, 6), np.uint8), photometric="minisblack")
     with pytest.raises(ConvlearnError, match=r"^data.path: .*s.tif holds a .* stack, not one gray or colour image"):
         load_image(tmp_path / "s.tif")
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((8, 9), np.uint16))
+    with monkeypatch.context() as patch:
+        patch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # as if it had billions of pixels
+        with pytest.raises(ConvlearnError, match=r"^data.path: cannot read image .*big.tif: 8x9 values, more than tw"):
+            load_image(tmp_path / "big.tif")
     (tmp_path / "broken.tif").write_bytes(b"II*\x00 not really")
     with pytest.raises(ConvlearnError, match=r"^data.path: cannot read image .*broken.tif"):
         load_image(tmp_path / "broken.tif")
@@ -179,7 +183,7 @@ def test_pairs_learn_the_filter_that_made_the_targets(make_cfg, tmp_path, patch_
         "data.batch_size=4", "model=linear", "model.kernel_size=3", "optimizer.lr=0.05", "trainer.steps=150",
         "trainer.val_every=50",
     )
-    summary = train(cfg, tmp_path / "run")
+    summary = run_experiment(cfg, tmp_path / "run").metrics
     with np.load(tmp_path / "run" / "kernels.npz", allow_pickle=False) as saved:
         learned = saved["conv_00"][:, :, 0, 0]
     assert np.abs(learned - BLUR).max() < 0.02, learned
@@ -330,7 +334,7 @@ def test_rgb_trains_with_shared_or_separate_kernels(make_cfg, tmp_path, kernels_
     write_rgb(tmp_path / "c.png")
     cfg = make_cfg("data=file", f"data.path={tmp_path}/c.png", "data.channels=rgb", f"data.kernels={kernels_mode}",
                    "target=laplacian", "model=linear", "model.kernel_size=3", "trainer.steps=3")
-    summary = train(cfg, tmp_path / "run")
+    summary = run_experiment(cfg, tmp_path / "run").metrics
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
     with np.load(tmp_path / "run" / "kernels.npz", allow_pickle=False) as saved:
         assert saved["conv_00"].shape == ((3, 3, 1, 1) if kernels_mode == "shared" else (3, 3, 3, 3))

@@ -14,9 +14,9 @@ import scipy.ndimage
 import tensorflow as tf
 
 import convlearn
+from convlearn.pipeline import run_experiment
 from convlearn.provenance import CHECKOUT, git_state
 from convlearn.targets import footprint_of
-from train import train
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def linear_run(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("linear_run")
     cfg = tiny_cfg("model=deep_linear", "target=gaussian", "target.size=5", "logger.image_every=0")
-    return run_dir, train(cfg, run_dir)
+    return run_dir, run_experiment(cfg, run_dir).metrics
 
 
 def test_the_exported_kernel_reproduces_the_linear_model_on_any_image(linear_run):
@@ -55,7 +55,7 @@ def test_the_linear_target_kernel_is_exported_as_the_target_applies_it(linear_ru
 
 
 def test_a_non_linear_target_exports_no_target_kernel(make_cfg, tmp_path):
-    train(make_cfg("trainer.steps=2", "logger.image_every=0"), tmp_path)  # edge_blur: has a ReLU
+    run_experiment(make_cfg("trainer.steps=2", "logger.image_every=0"), tmp_path)  # edge_blur: has a ReLU
     assert not (tmp_path / "target_kernel.npy").exists()
     assert np.load(tmp_path / "effective_kernel.npy", allow_pickle=False).ndim == 2  # linearised
 

@@ -10,8 +10,9 @@ import pytest
 import scipy.ndimage
 
 from convlearn import perf
+from convlearn.data import make_batch
 from convlearn.models import linear
-from convlearn.training import Trainer, make_batch
+from convlearn.training import Trainer
 
 FP16_CPU = {"avx512_fp16"}  # lets the fp16 path run on any CPU (slowly, but the numbers are the same)
 
