@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> float:
     # These import TensorFlow (seconds): here rather than at the top, so that a mistyped option on
     # the command line is reported before they load.
     from convlearn.pipeline import run_experiment
-    from convlearn.sweep import check_objective, objective, record_failure, share_cores
+    from convlearn.sweep import check_objective, objective, record_failure, share_cores, share_gpus
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -49,6 +49,9 @@ def main(cfg: DictConfig) -> float:
         threads = share_cores(hydra_cfg.launcher.get("n_jobs")) if in_sweep else None
         if threads:
             log.info("TensorFlow uses %d thread(s) per pool, sharing the cores with parallel jobs", threads)
+        gpu = share_gpus(hydra_cfg.job.num, hydra_cfg.launcher.get("n_jobs")) if in_sweep else None
+        if gpu:
+            log.info("this job trains on %s, one GPU per parallel job", gpu)
         summary = run_experiment(cfg, run_dir, hydra_cfg.overrides.task).metrics
     except ConvlearnError as err:
         if full_error_wanted():

@@ -112,7 +112,7 @@ def train_experiment(
             held_out = np.concatenate([batch.targets.numpy().ravel() for batch in feed.validation])
             summary["val_psnr_db"] = psnr_db(float(held_out.max() - held_out.min()), summary["val_loss"])
         logger.on_end(history.steps, model, summary)
-    save_run(run_dir, model, summary)
+    save_run(run_dir, model, summary, preview.inputs.numpy()[0], target_kernel)
     write_report_png(run_dir / "report.png", summary["losses"], preview, model, target_kernel)
     if history.status == "failed":
         log.error(

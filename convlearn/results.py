@@ -7,6 +7,7 @@ predicting the mean achieves) and ``psnr_db`` (peak = the target's range).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,8 +16,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from convlearn.analysis import effective_kernel
 from convlearn.errors import ConvlearnError
 from convlearn.models import conv_layers
+from convlearn.provenance import provenance
 from convlearn.training import History
 
 
@@ -45,6 +48,7 @@ def metrics(history: History, final_mse: float, targets: np.ndarray) -> dict:
         "wall_seconds": history.wall_seconds,
         "steps_per_sec": history.steps_per_sec,
         "losses": history.losses,
+        "provenance": provenance(),
     }
     if history.val_losses:
         summary["val_loss"] = history.val_losses[-1][1]  # at the last step
@@ -82,8 +86,26 @@ def save_kernels(path: Path, model: keras.Model) -> None:
     np.savez(path, **kernel_arrays(model))
 
 
-def save_run(run_dir: Path, model: keras.Model, summary: dict) -> None:
-    """Model, kernels, then ``metrics.json`` last: its presence means the run is complete."""
+def save_effective_kernels(
+    run_dir: Path, model: keras.Model, image: np.ndarray, target_kernel: np.ndarray | None
+) -> None:
+    """The model's one effective kernel (input channel 0 to output channel 0: exact for a stack of
+    linear convs, linearised at the centre of ``image`` otherwise) as ``effective_kernel.npy``,
+    and a linear target's kernel as ``target_kernel.npy``: plain float64 arrays in
+    cross-correlation order, ready for ``scipy.ndimage.correlate``."""
+    # An image too small to linearise at gives no kernel; the run's other results are kept.
+    with contextlib.suppress(ConvlearnError):
+        np.save(run_dir / "effective_kernel.npy", effective_kernel(model, image), allow_pickle=False)
+    if target_kernel is not None:
+        np.save(run_dir / "target_kernel.npy", np.asarray(target_kernel, np.float64), allow_pickle=False)
+
+
+def save_run(
+    run_dir: Path, model: keras.Model, summary: dict, image: np.ndarray, target_kernel: np.ndarray | None = None
+) -> None:
+    """Model, kernels, then ``metrics.json`` last: its presence means the run is complete.
+    ``image``: a training image (``(H, W, C)``), where a non-linear model's kernel is linearised."""
     model.save(run_dir / "model.keras")
     save_kernels(run_dir / "kernels.npz", model)
+    save_effective_kernels(run_dir, model, image, target_kernel)
     write_json(run_dir / "metrics.json", summary)

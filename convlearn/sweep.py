@@ -2,8 +2,9 @@
 
 A sweeper minimises the number ``train.py`` returns, so this module picks that number (the
 ``objective`` metric, or :data:`FAILED` for a job that failed), records a failed job in its
-``metrics.json`` so that the sweep goes on, and sizes TensorFlow's thread pools so that jobs run
-in parallel do not fight over the cores.
+``metrics.json`` so that the sweep goes on, and shares the machine between jobs run in parallel:
+TensorFlow's thread pools sized so that they do not fight over the cores, and one GPU per job
+where there are several (on one GPU, memory growth lets the jobs fit next to each other).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+
+import tensorflow as tf
 
 from convlearn.errors import ConvlearnError
 from convlearn.perf import set_threads
@@ -83,3 +86,24 @@ def share_cores(n_jobs: int | None, cpus: int | None = None) -> int | None:
     except ConvlearnError:  # TensorFlow already runs here with another size
         return None
     return threads
+
+
+def gpu_for_job(job: int, gpus: int) -> int:
+    """The GPU (an index) of sweep job number ``job`` on a machine with ``gpus`` GPUs: round robin,
+    so that the first ``gpus`` jobs, which start together, each get their own."""
+    return job % gpus
+
+
+def share_gpus(job: int, n_jobs: int | None) -> str | None:
+    """Give this job of a parallel sweep one GPU of several; returns the GPU's name, or None
+    where nothing was changed (jobs one at a time, fewer than two GPUs, or TensorFlow already
+    using the GPUs in this worker process, which then keeps its first job's GPU)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if parallel_jobs(n_jobs, len(os.sched_getaffinity(0))) == 1 or len(gpus) < 2:
+        return None
+    chosen = gpus[gpu_for_job(job, len(gpus))]
+    try:
+        tf.config.set_visible_devices([chosen], "GPU")
+    except RuntimeError:  # the runtime already started in this worker
+        return None
+    return chosen.name

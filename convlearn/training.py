@@ -31,7 +31,7 @@ from convlearn.errors import ConvlearnError
 from convlearn.geometry import Crops
 from convlearn.initialization import unit_variance
 from convlearn.optim import current_lr
-from convlearn.perf import fastest_step
+from convlearn.perf import fastest_step, loss_scaled
 
 log = logging.getLogger("convlearn")
 
@@ -135,7 +135,7 @@ class Trainer:
         keep_checkpoints: int = 2,
         resume: bool = False,
         strategy: str | None = None,
-        precision: Literal["float32", "bf16"] = "float32",
+        precision: Literal["float32", "bf16", "fp16"] = "float32",
         threads: tuple[int, int] | None = None,
         jit_compile: bool | Literal["auto"] = False,
         init: Literal["keras", "lsuv"] = "keras",
@@ -160,6 +160,11 @@ class Trainer:
         if jit_compile is True and self.distribution is not None:
             raise ConvlearnError(
                 "trainer.jit_compile: XLA compiles the single-device step only; drop trainer.strategy or jit_compile"
+            )
+        if precision == "fp16" and self.distribution is not None:
+            raise ConvlearnError(
+                "trainer.precision: fp16's loss scaling runs in the single-device step only; drop trainer.strategy "
+                "or use bf16"
             )
 
     def scope(self) -> contextlib.AbstractContextManager:
@@ -212,6 +217,7 @@ class Trainer:
         """Everything before the first step: the history (restored from the newest checkpoint when
         resuming), the feed from the step it goes on at, LSUV on the first batch of a new run, and
         the compiled step (with ``jit_compile="auto"`` the faster of XLA and the graph)."""
+        optimizer = loss_scaled(optimizer, self.precision)
         candidates = self._steps(model, optimizer, batch.crops)  # built first: they build the optimizer
         # Full-frame training shows the model the same batch at every step.
         feed = itertools.repeat((batch.inputs, batch.targets)) if isinstance(batch, Batch) else iter(batch)
@@ -287,24 +293,32 @@ def compiled_step(
 ):
     """One training step as a ``tf.function`` (compiled by XLA with ``jit_compile``): returns the
     loss before the update, the gradient norm, and whether both were finite. A non-finite step
-    leaves the weights and the optimizer untouched, so the model stays at its last good state."""
+    leaves the weights and the optimizer untouched, so the model stays at its last good state.
+
+    With a ``LossScaleOptimizer`` (``fp16``) the gradients are of the scaled loss: one that
+    overflowed is the scaler's to handle (it skips that update and lowers the scale), so only a
+    non-finite loss counts as non-finite, and the gradient norm is reported unscaled."""
     variables = model.trainable_variables
     optimizer.build(variables)
+    scaler = optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
 
     @tf.function(jit_compile=jit_compile)
     def step(inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             prediction = compared(model(inputs, training=True), crops)
             loss = tf.reduce_mean(tf.square(prediction - targets))
-        grads = tape.gradient(loss, variables)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in [loss, *grads]])
+            scaled = loss if scaler is None else scaler.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        scale = tf.constant(1.0) if scaler is None else tf.identity(scaler.dynamic_scale)  # before the update
+        checked = [loss] if scaler is not None else [loss, *grads]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in checked])
 
         def apply() -> tf.Tensor:
             optimizer.apply_gradients(zip(grads, variables))
             return tf.constant(True)
 
         tf.cond(finite, apply, lambda: tf.constant(False))
-        return loss, tf.linalg.global_norm(grads), finite
+        return loss, tf.linalg.global_norm(grads) / scale, finite
 
     return step
 

@@ -74,8 +74,8 @@ def test_bf16_is_refused_on_a_cpu_without_bf16(make_cfg, tmp_path, monkeypatch, 
 
 
 def test_precision_and_threads_values_are_checked(make_cfg):
-    with pytest.raises(ConvlearnError, match=r"trainer\.precision: must be one of 'float32', 'bf16', got 'fp16'"):
-        validate(make_cfg("trainer.precision=fp16"))
+    with pytest.raises(ConvlearnError, match=r"trainer\.precision: must be one of 'float32', 'bf16', 'fp16', got 'fp8'"):
+        validate(make_cfg("trainer.precision=fp8"))
     with pytest.raises(ConvlearnError, match=r"trainer\.threads.*\[intra, inter\].*\[2\]"):
         perf.set_threads([2])
 

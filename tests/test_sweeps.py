@@ -8,12 +8,16 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT, TINY
 from convlearn.errors import ConvlearnError
-from convlearn.sweep import FAILED, objective, parallel_jobs, threads_per_job
+from convlearn import sweep as sweep_module
+from convlearn.sweep import FAILED, gpu_for_job, objective, parallel_jobs, share_gpus, threads_per_job
 from scripts.sweep_report import report
 
 # Fewer steps and pictures than TINY: a sweep runs several jobs in one test.
@@ -113,3 +117,44 @@ def test_objective_is_the_chosen_metric_and_failures_are_worst():
 def test_parallel_jobs_and_threads_share_the_cores():
     assert [parallel_jobs(n, cpus=8) for n in (None, 1, 3, -1, -2, -20)] == [1, 1, 3, 8, 7, 1]
     assert [threads_per_job(jobs, cpus=8) for jobs in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+
+
+@given(gpus=st.integers(1, 16), first=st.integers(0, 1000), jobs=st.integers(1, 64))
+def test_parallel_jobs_are_dealt_over_the_gpus_evenly(gpus, first, jobs):
+    chosen = [gpu_for_job(job, gpus) for job in range(first, first + jobs)]
+    assert all(0 <= gpu < gpus for gpu in chosen)
+    counts = np.bincount(chosen, minlength=gpus)
+    assert counts.max() - counts.min() <= 1  # any run of consecutive jobs is spread evenly
+    assert len(set(chosen[:gpus])) == min(jobs, gpus)  # jobs that start together get GPUs of their own
+
+
+class FakeConfig:
+    """``tf.config``'s device calls on a machine with ``gpus`` GPUs whose runtime may already run."""
+
+    def __init__(self, gpus: int, started: bool = False) -> None:
+        self.gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(gpus)]
+        self.started, self.visible = started, None
+
+    def list_physical_devices(self, kind):
+        return self.gpus if kind == "GPU" else []
+
+    def set_visible_devices(self, devices, kind):
+        if self.started:
+            raise RuntimeError("Visible devices cannot be modified after being initialized")
+        self.visible = devices
+
+
+@pytest.mark.parametrize(
+    "gpus, n_jobs, started, job, expected",
+    [(4, 2, False, 5, 1), (4, -1, False, 6, 2), (1, 2, False, 3, None), (4, None, False, 1, None),
+     (4, 1, False, 1, None), (4, 2, True, 1, None)],
+)
+def test_a_parallel_job_gets_one_gpu_of_several(monkeypatch, gpus, n_jobs, started, job, expected):
+    fake = FakeConfig(gpus, started)
+    monkeypatch.setattr(sweep_module.tf, "config", fake)
+    monkeypatch.setattr(sweep_module.os, "sched_getaffinity", lambda pid: set(range(8)))
+    name = share_gpus(job, n_jobs)
+    if expected is None:
+        assert name is None and fake.visible is None
+    else:
+        assert name == f"/physical_device:GPU:{expected}" and fake.visible == [fake.gpus[expected]]
