@@ -24,6 +24,7 @@ def fp16_trainer(monkeypatch):
     monkeypatch.setattr(perf, "cpu_flags", lambda: FP16_CPU)
 
     def make(steps: int, **kwargs) -> Trainer:
+        perf.set_precision("fp16")  # process-wide, as the pipeline's configure_tensorflow does before building
         return Trainer(steps=steps, progress=False, precision="fp16", **kwargs)
 
     yield make
