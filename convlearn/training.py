@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import signal
 import threading
 import time
@@ -255,7 +256,11 @@ class Trainer:
         if self.on_nonfinite == "skip":
             history.skipped_steps.append(step)
             return True
-        history.stop("failed", step, f"non-finite loss or gradient (loss {loss}, gradient norm {grad_norm})")
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            reason = f"the update would make weights non-finite (loss {loss}, gradient norm {grad_norm})"
+        else:
+            reason = f"non-finite loss or gradient (loss {loss}, gradient norm {grad_norm})"
+        history.stop("failed", step, reason)
         return False
 
     def _checkpoint(self, checkpoints: Checkpoints | None, history: History, every: int) -> None:
@@ -267,11 +272,14 @@ def compiled_step(
     model: keras.Model, optimizer: keras.optimizers.Optimizer, crops: Crops, jit_compile: bool = False
 ):
     """One training step as a ``tf.function`` (compiled by XLA with ``jit_compile``): returns the
-    loss before the update, the gradient norm, and whether both were finite. A non-finite step
-    leaves the weights and the optimizer untouched, so the model stays at its last good state."""
+    loss before the update, the gradient norm, and whether the step was applied. A step whose
+    loss or gradient is not finite, or whose update would make a weight non-finite (a finite
+    gradient times ``lr=inf``, or a huge one that overflows), leaves the weights and the optimizer
+    untouched, so the model always holds its last finite state."""
     rows, cols = crops.model
     variables = model.trainable_variables
     optimizer.build(variables)
+    state = [*variables, *optimizer.variables]
 
     @tf.function(jit_compile=jit_compile)
     def step(inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -279,16 +287,34 @@ def compiled_step(
             prediction = tf.cast(model(inputs, training=True)[:, rows, cols, :], tf.float32)
             loss = tf.reduce_mean(tf.square(prediction - targets))
         grads = tape.gradient(loss, variables)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in [loss, *grads]])
-
-        def apply() -> tf.Tensor:
-            optimizer.apply_gradients(zip(grads, variables))
-            return tf.constant(True)
-
-        tf.cond(finite, apply, lambda: tf.constant(False))
-        return loss, tf.linalg.global_norm(grads), finite
+        finite = tf.reduce_all([all_finite(x) for x in [loss, *grads]])
+        applied = tf.cond(finite, lambda: apply_if_finite(optimizer, grads, variables, state), lambda: False)
+        return loss, tf.linalg.global_norm(grads), applied
 
     return step
+
+
+def all_finite(tensor: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_all(tf.math.is_finite(tensor))
+
+
+def apply_if_finite(
+    optimizer: keras.optimizers.Optimizer, grads: Sequence[tf.Tensor], variables: Sequence, state: Sequence
+) -> tf.Tensor:
+    """Apply ``grads``; if that makes a weight non-finite, put ``state`` (the weights and the
+    optimizer's variables) back as it was and return False. The copy costs a few element-wise
+    ops on the weights, which are small next to the convolutions of a step."""
+    before = [tf.identity(v) for v in state]
+    with tf.control_dependencies(before):
+        optimizer.apply_gradients(zip(grads, variables))
+    finite = tf.reduce_all([all_finite(v) for v in variables])
+
+    def put_back() -> tf.Tensor:
+        for variable, value in zip(state, before):
+            variable.assign(value)
+        return tf.constant(False)
+
+    return tf.cond(finite, lambda: tf.constant(True), put_back)
 
 
 def _until_signal(steps: Iterable[int], history: History) -> Iterator[int]:
