@@ -31,6 +31,17 @@ CONFIG_CASES = {
         "model._target_: cannot import 'convlearn.models.bogus'; it must name an importable callable"
     ),
     ("model.activation=3",): "model.activation: expected a string, got 3",
+    ("optimizer.lr=inf",): "optimizer.lr: must be a finite number, got inf",
+    ("data=noise", "data.std=inf"): "data.std: must be a finite number, got inf",
+    ("data=noise", "data.std=nan"): "data.std: must be a finite number, got nan",
+    ("model._target_=this.nothing",): (
+        "model._target_: 'this.nothing' is outside convlearn, keras; a config only builds their callables "
+        "(trust another module with CONVLEARN_TRUSTED_TARGETS=<module>)"
+    ),
+    ("optimizer.cls=os.system",): (
+        "optimizer.cls: must name a class of convlearn, keras (trust another module with "
+        "CONVLEARN_TRUSTED_TARGETS=<module>), got 'os.system'"
+    ),
     ("data.height=1.5",): "data.height: expected an integer, got 1.5",
     ("data.noise=-1",): "data.noise: must be >= 0, got -1",
     ("+data.brightness=[1]",): "data.brightness: expected a list of 2 values, got [1]",
@@ -48,6 +59,16 @@ def test_config_mistake_is_named_in_one_line(make_cfg, overrides, message):
     with pytest.raises(ConvlearnError) as caught:
         validate(make_cfg(*overrides))
     assert str(caught.value) == message
+
+
+def test_a_foreign_target_is_refused_before_its_module_is_imported_unless_trusted(make_cfg, monkeypatch):
+    cfg = make_cfg("model._target_=this.nothing")
+    with pytest.raises(ConvlearnError, match="outside convlearn"):
+        validate(cfg)
+    assert "this" not in sys.modules  # importing it would print the Zen of Python
+    monkeypatch.setenv("CONVLEARN_TRUSTED_TARGETS", "json, this")
+    with pytest.raises(ConvlearnError, match="cannot import 'this.nothing'"):
+        validate(cfg)  # trusted now: imported, and found not to hold the callable
 
 
 def test_missing_values_and_required_arguments_are_named():
