@@ -70,6 +70,7 @@ class History:
     skipped_steps: list[int] = field(default_factory=list)
     checkpoint: str | None = None
     jit_compile: bool | None = None  # whether XLA compiled the steps (what trainer.jit_compile=auto picked)
+    start_step: int = 0  # steps already done when this process started training (a resumed run)
 
     def stop(self, status: str, step: int, reason: str) -> None:
         self.status, self.stopped_step, self.reason = status, step, reason
@@ -91,7 +92,10 @@ class History:
 
     @property
     def steps_per_sec(self) -> float:
-        return self.steps / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        """Steps trained in this process over their time (a resumed run's earlier steps took
+        other time); NaN (null in metrics.json) when this process trained none."""
+        trained = self.steps - self.start_step
+        return trained / self.wall_seconds if trained > 0 and self.wall_seconds > 0 else math.nan
 
 
 class StepLogger(Protocol):
@@ -191,6 +195,7 @@ class Trainer:
         if checkpoint_dir is not None:
             checkpoints = Checkpoints(checkpoint_dir, model, optimizer, self.rng, self.keep_checkpoints)
         history = History(*checkpoints.restore()) if checkpoints and self.resume else History()
+        history.start_step = history.steps
         # A seeded stream replays its draws up to the resumed step, so it goes on where it was.
         feed = itertools.islice(feed, history.steps, None)
         lsuv = self.init == "lsuv" and history.steps == 0  # a resumed run has its trained weights
