@@ -326,15 +326,19 @@ def _until_signal(steps: Iterable[int], history: History) -> Iterator[int]:
     """Yield ``steps`` until Ctrl-C (or SIGTERM) arrives, then mark ``history`` interrupted.
 
     The signal only sets a flag that is read between steps, so the checkpoint saved next is
-    consistent; a second Ctrl-C interrupts at once. Handlers can only be installed from the main
-    thread; elsewhere the steps are passed through.
+    consistent; a second Ctrl-C interrupts at once (``train.py`` still records the run as
+    interrupted). A repeated SIGTERM changes nothing: schedulers and ``kill`` send several, and the
+    run is already stopping at the next step; after a SIGTERM, further ones are only logged while
+    the process saves its results and ends. Handlers can only be installed from the main thread;
+    elsewhere the steps are passed through.
     """
     received: list[int] = []
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def request(signum: int, frame: object) -> None:
         received.append(signum)
-        signal.signal(signum, previous[signum])
+        if signum == signal.SIGINT:
+            signal.signal(signum, previous[signum])
 
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
@@ -350,6 +354,8 @@ def _until_signal(steps: Iterable[int], history: History) -> Iterator[int]:
         if main_thread:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if signal.SIGTERM in received:  # the process is ending: let it save and record first
+                signal.signal(signal.SIGTERM, lambda signum, frame: log.warning("already stopping (SIGTERM)"))
 
 
 def mse(model: keras.Model, batch: Batch) -> float:

@@ -219,3 +219,20 @@ def test_a_refused_resume_is_one_error_without_tensorflow_warnings(make_cfg, tmp
         train(make_cfg("trainer.steps=2", "trainer.resume=true", "logger.image_every=0"), tmp_path)  # model=seed
     gc.collect()  # the restore's status warns about every unmatched value when it is collected
     assert "could not be found" not in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_sigterms_in_quick_succession_still_end_as_interrupted(tmp_path):
+    import time
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    process = start(run_dir)
+    wait_for_checkpoint_after(process, run_dir / "checkpoints", 0)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.03)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-800:]
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "interrupted" and metrics["checkpoint"].endswith(f"ckpt-{metrics['stopped_step']}")
