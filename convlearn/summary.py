@@ -21,7 +21,13 @@ from convlearn.training import History
 
 
 def target_stats(targets: np.ndarray) -> tuple[float, float]:
-    """Variance and range of the target over the compared pixels; refuses a constant target."""
+    """Variance and range of the target over the compared pixels; refuses a constant target, and
+    one that is not finite (an image whose values overflow float32 in the target transform)."""
+    if not np.all(np.isfinite(targets)):
+        raise ConvlearnError(
+            "target: the target transform gives non-finite values on this image (its values overflow float32); "
+            "scale the image to a smaller range (e.g. data.normalize=unit)"
+        )
     variance = float(np.var(targets, dtype=np.float64))
     if not variance > 0:
         raise ConvlearnError(

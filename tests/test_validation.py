@@ -100,7 +100,20 @@ def input_cases(folder):
     np.save(folder / "pickled.npy", np.array([{"a": 1}], dtype=object))
     write_header_only(folder / "huge.npy", (100_000, 100_000), sparse=True)  # 80 GB on paper, no disk
     write_header_only(folder / "truncated.npy", (40, 48), sparse=False)
+    np.save(folder / "empty.npy", np.zeros((0, 0), np.float32))
+    np.save(folder / "complex.npy", np.ones((40, 48), np.complex64))
+    np.save(folder / "loud.npy", np.random.default_rng(0).random((40, 48)) * 1e30)
+    long_name = "a" * 300 + ".npy"
     return {
+        "empty.npy": f"data.path: {folder}/empty.npy holds an empty 0x0 array; an image needs at least one pixel",
+        "complex.npy": (
+            f"data.path: {folder}/complex.npy holds complex numbers (complex64); save a real array (its real part or abs)"
+        ),
+        "loud.npy": (
+            "target: the target transform gives non-finite values on this image (its values overflow float32); "
+            "scale the image to a smaller range (e.g. data.normalize=unit)"
+        ),
+        long_name: f"data.path: cannot open {folder}/{long_name}: File name too long",
         "nan.npy": f"data.path: {folder}/nan.npy contains NaN or infinite pixels",
         "flat.npy": (
             "target is constant over the compared region (variance 0), so rel_mse and PSNR are undefined; "
@@ -133,7 +146,7 @@ def write_header_only(path, shape, sparse):
 def test_bad_inputs_fail_before_training_and_leave_the_run_dir_empty(tmp_path, monkeypatch):
     monkeypatch.setattr("convlearn.data._physical_memory", lambda: 16 * 2**30)
     for name, message in input_cases(tmp_path).items():
-        run_dir = tmp_path / f"run-{name}"
+        run_dir = tmp_path / f"run-{name[:20]}"
         with pytest.raises(ConvlearnError) as caught:
             train(file_cfg(tmp_path / name), run_dir)
         assert str(caught.value) == message
