@@ -41,12 +41,14 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
     from convlearn.data import as_images, make_feed
     from convlearn.logs import hparams_from_config
     from convlearn.report import write_summary_png
+    from convlearn.run_dirs import check_writable
     from convlearn.summary import metrics, save_run, target_stats
     from convlearn.targets import footprint_of
     from convlearn.training import mse, seed_everything
     from convlearn.validation import validate
 
     validate(cfg)
+    check_writable(run_dir, "hydra.run.dir")
     trainer = build(cfg, "trainer")
     seed_everything(trainer.seed, trainer.deterministic)
     images = as_images(build(cfg, "data"))

@@ -24,8 +24,8 @@ import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from convlearn.errors import ConvlearnError
+from convlearn.run_dirs import FOLDER, check_writable, take_over
 
-FOLDER = "checkpoints"
 CONFIG = "config.yaml"  # the config the run started with; Hydra rewrites .hydra/ on every resume
 
 log = logging.getLogger("convlearn")
@@ -49,14 +49,16 @@ def claim_run_dir(run_dir: Path, resume: bool, cfg: DictConfig) -> Path:
         else:
             log.warning("%s is missing, so this config cannot be compared with the run's first one", folder / CONFIG)
         return folder
+    check_writable(run_dir, "hydra.run.dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         folder.mkdir()  # atomic: of two runs started on one directory, exactly one gets it
     except FileExistsError:
-        raise ConvlearnError(
-            f"hydra.run.dir: {run_dir} already holds a run; "
-            "continue it with trainer.resume=true or pick a new directory"
-        ) from None
+        if not take_over(folder):  # claimed by this run's own Hydra callback, or left by a dead one
+            raise ConvlearnError(
+                f"hydra.run.dir: {run_dir} already holds a run; "
+                "continue it with trainer.resume=true or pick a new directory"
+            ) from None
     tmp = folder / (CONFIG + ".tmp")
     tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     os.replace(tmp, folder / CONFIG)
