@@ -262,7 +262,7 @@ class Trainer:
             history.skipped_steps.append(step)
             return True
         if math.isfinite(loss) and math.isfinite(grad_norm):
-            reason = f"the update would make weights non-finite (loss {loss}, gradient norm {grad_norm})"
+            reason = f"the update would make the weights non-finite (loss {loss}, gradient norm {grad_norm})"
         else:
             reason = f"non-finite loss or gradient (loss {loss}, gradient norm {grad_norm})"
         history.stop("failed", step, reason)
@@ -306,13 +306,14 @@ def all_finite(tensor: tf.Tensor) -> tf.Tensor:
 def apply_if_finite(
     optimizer: keras.optimizers.Optimizer, grads: Sequence[tf.Tensor], variables: Sequence, state: Sequence
 ) -> tf.Tensor:
-    """Apply ``grads``; if that makes a weight non-finite, put ``state`` (the weights and the
-    optimizer's variables) back as it was and return False. The copy costs a few element-wise
-    ops on the weights, which are small next to the convolutions of a step."""
+    """Apply ``grads``; if that makes a weight or the optimizer's state non-finite (Adam's second
+    moment overflows first: the square of a gradient near 1e20), put ``state`` (the weights and the
+    optimizer's variables) back as it was and return False. The copy costs a few element-wise ops
+    on the weights, which are small next to the convolutions of a step."""
     before = [tf.identity(v) for v in state]
     with tf.control_dependencies(before):
         optimizer.apply_gradients(zip(grads, variables))
-    finite = tf.reduce_all([all_finite(v) for v in variables])
+    finite = tf.reduce_all([all_finite(v) for v in state if tf.as_dtype(v.dtype).is_floating])
 
     def put_back() -> tf.Tensor:
         for variable, value in zip(state, before):
