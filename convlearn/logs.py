@@ -37,10 +37,10 @@ from tensorboard.plugins.image import metadata as image_metadata
 
 from convlearn import pictures
 from convlearn.analysis import effective_kernel
+from convlearn.data import Batch
 from convlearn.errors import ConvlearnError
 from convlearn.models import conv_layers
-from convlearn.summary import psnr_db
-from convlearn.training import Batch
+from convlearn.results import psnr_db
 
 log = logging.getLogger("convlearn")
 

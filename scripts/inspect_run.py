@@ -30,7 +30,7 @@ from convlearn.config import build  # noqa: E402
 from convlearn.data import load_image  # noqa: E402
 from convlearn.errors import ConvlearnError, full_error_wanted  # noqa: E402
 from convlearn.report import write_activation_figure  # noqa: E402
-from convlearn.validation import check_targets  # noqa: E402
+from convlearn.config_checks import check_targets  # noqa: E402
 
 SHOWN_METRICS = ["status", "final_loss", "best_loss", "rel_mse", "psnr_db", "steps", "steps_per_sec"]
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train import train
+from convlearn.pipeline import run_experiment
 
 # Each model with a target it lines up with (deep_linear's 5x5 map needs an odd-shrinking one).
 MODELS = {
-    "can": [], "deep_linear": ["target=gaussian"], "edge_blur_structured": [], "linear": [], "seed": [],
+    "can": [], "deep_linear": ["target=gaussian"], "edge_blur_structured": [], "linear": [], "notebook": [],
     "sequential": [],
 }
 
@@ -33,7 +33,7 @@ def strict_json(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_a_diverging_run_of_every_model_ends_with_finite_results(make_cfg, tmp_path, caplog, model):
-    train(make_cfg(f"model={model}", *MODELS[model], *DIVERGING), tmp_path)
+    run_experiment(make_cfg(f"model={model}", *MODELS[model], *DIVERGING), tmp_path).metrics
 
     metrics = strict_json(tmp_path / "metrics.json")
     assert metrics["status"] in ("failed", "completed")

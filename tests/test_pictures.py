@@ -77,7 +77,7 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
 from convlearn.logs import histogram_buckets  # noqa: E402
-from convlearn.summary import json_safe, psnr_db  # noqa: E402
+from convlearn.results import json_safe, psnr_db  # noqa: E402
 
 PROPERTIES = settings(max_examples=60, deadline=None)
 
