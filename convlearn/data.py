@@ -145,7 +145,11 @@ def load_image(path: str | Path, channels: str = "gray", key: str = "data.path")
     """
     _check_choice("data.channels", channels, CHANNELS)
     path = Path(path).expanduser()
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as err:  # a name too long for the file system, a path through a file...
+        raise ConvlearnError(f"{key}: cannot open {path}: {err.strerror or err}") from None
+    if not found:
         raise ConvlearnError(f"{key}: no such file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
@@ -187,6 +191,10 @@ def _load_npy(path: Path, channels: str, key: str) -> np.ndarray:
         )
     if not (np.issubdtype(dtype, np.number) or dtype == bool):
         raise ConvlearnError(f"{key}: {path} has non-numeric dtype {dtype}")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ConvlearnError(f"{key}: {path} holds complex numbers ({dtype}); save a real array (its real part or abs)")
+    if 0 in shape:
+        raise ConvlearnError(f"{key}: {path} holds an empty {_size(shape)} array; an image needs at least one pixel")
     _check_size(path, shape, dtype, data_start, key)
     return np.load(path, allow_pickle=False).astype(np.float32)
 

@@ -27,6 +27,7 @@ from convlearn.logs import hparams_from_config
 from convlearn.perf import configure_tensorflow
 from convlearn.report import write_report_png
 from convlearn.results import kernel_arrays, metrics, psnr_db, save_run, target_stats
+from convlearn.run_dirs import check_writable
 from convlearn.targets import Pipeline, footprint_of
 from convlearn.training import History, StepLogger, mse, seed_everything
 
@@ -59,9 +60,12 @@ class RunResult:
     kernels: dict[str, np.ndarray]
 
 
-def build_experiment(cfg: DictConfig) -> Experiment:
-    """Check the config, set up TensorFlow, then build trainer, data, target, model and optimizer, and the feed."""
+def build_experiment(cfg: DictConfig, run_dir: Path | None = None) -> Experiment:
+    """Check the config (and that ``run_dir`` can be written), then build trainer, data, target,
+    model and optimizer, and the feed."""
     validate(cfg)
+    if run_dir is not None:
+        check_writable(run_dir, "hydra.run.dir")
     # Process-wide, and fixed once TensorFlow runs an op or a layer is built: first of all.
     configure_tensorflow(cfg.trainer.get("threads"), cfg.trainer.get("precision", "float32"))
     trainer = build(cfg, "trainer")
@@ -113,7 +117,8 @@ def train_experiment(
             summary["val_psnr_db"] = psnr_db(float(held_out.max() - held_out.min()), summary["val_loss"])
         logger.on_end(history.steps, model, summary)
     save_run(run_dir, model, summary, preview.inputs.numpy()[0], target_kernel)
-    write_report_png(run_dir / "report.png", summary["losses"], preview, model, target_kernel)
+    with logger.guard.part("report.png", history.steps):  # the results are saved; the picture may fail
+        write_report_png(run_dir / "report.png", summary["losses"], preview, model, target_kernel)
     if history.status == "failed":
         log.error(
             "training stopped at step %d: %s; that update was not applied, the model and %s hold the "
@@ -132,4 +137,4 @@ def train_experiment(
 
 def run_experiment(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> RunResult:
     """Run one experiment from its composed config into ``run_dir``."""
-    return train_experiment(build_experiment(cfg), Path(run_dir), overrides)
+    return train_experiment(build_experiment(cfg, Path(run_dir)), Path(run_dir), overrides)

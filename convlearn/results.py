@@ -24,7 +24,13 @@ from convlearn.training import History
 
 
 def target_stats(targets: np.ndarray) -> tuple[float, float]:
-    """Variance and range of the target over the compared pixels; refuses a constant target."""
+    """Variance and range of the target over the compared pixels; refuses a constant target, and
+    one that is not finite (an image whose values overflow float32 in the target transform)."""
+    if not np.all(np.isfinite(targets)):
+        raise ConvlearnError(
+            "target: the target transform gives non-finite values on this image (its values overflow float32); "
+            "scale the image to a smaller range (e.g. data.normalize=unit)"
+        )
     variance = float(np.var(targets, dtype=np.float64))
     if not variance > 0:
         raise ConvlearnError(
@@ -65,10 +71,24 @@ def psnr_db(peak: float, mse: float) -> float:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically, so a crash never leaves a half-written file behind."""
+    """Write JSON atomically, so a crash never leaves a half-written file behind.
+
+    JSON has no NaN or infinity: a non-finite number (the loss of a diverged step, the PSNR of a
+    perfect fit) is written as ``null``, so every reader can parse the file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
+
+
+def json_safe(value: object) -> object:
+    """``value`` with every non-finite float (in nested dicts and lists too) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def kernel_arrays(model: keras.Model) -> dict[str, np.ndarray]:

@@ -235,3 +235,47 @@ def test_logger_flushes_and_closes_when_training_fails(tmp_path):
     assert math.isclose(values(events, "rel_mse")[0], 0.5 / np.var(targets, dtype=np.float64), rel_tol=1e-5)
     peak = float(targets.max() - targets.min())
     assert math.isclose(values(events, "psnr_db")[0], 10 * math.log10(peak**2 / 0.5), rel_tol=1e-5)
+
+
+def test_a_failing_dashboard_part_is_skipped_with_one_warning_and_training_goes_on(tmp_path, monkeypatch, caplog):
+    from convlearn import pictures
+
+    def broken(*args, **kwargs):
+        raise ValueError("Too many bins for data range")
+
+    monkeypatch.setattr(pictures, "kernel_grid", broken)
+    summary = run_experiment(compose_cfg("model=linear"), tmp_path).metrics  # pictures at steps 0, 5, 10 and the end
+    assert summary["status"] == "completed" and summary["steps"] == 12
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+    assert (tmp_path / "checkpoints" / "ckpt-12.index").is_file()
+    warnings = [r.getMessage() for r in caplog.records if "dashboard part" in r.getMessage()]
+    # Once per part, at its first failure: the kernels of the dashboard, and report.png that draws them too.
+    assert warnings == [
+        f"dashboard part '{part}' failed at step {step} and is skipped (ValueError: Too many bins for data range); "
+        "training goes on"
+        for part, step in [("kernels", 0), ("report.png", 12)]
+    ]
+    _, events = read_events(tmp_path / "tb")
+    assert "kernels/conv_00" not in events  # skipped...
+    assert [e.step for e in events["prediction"]] == PICTURE_STEPS  # ...and every other part still drawn
+    assert len(events["kernels/effective"]) == 4
+
+
+def test_a_full_disk_loses_neither_metrics_nor_the_checkpoint(tmp_path, monkeypatch, caplog):
+    from matplotlib.figure import Figure
+
+    import convlearn.logs
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)  # report.png
+    monkeypatch.setattr(convlearn.logs, "write_image", disk_full)  # every TensorBoard picture
+    monkeypatch.setattr(tf.summary, "scalar", disk_full)
+    summary = run_experiment(compose_cfg("model=linear"), tmp_path).metrics
+    assert summary["status"] == "completed"
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 12
+    assert (tmp_path / "checkpoints" / "ckpt-12.index").is_file() and (tmp_path / "kernels.npz").is_file()
+    assert not (tmp_path / "report.png").exists()
+    failed = {r.getMessage().split("'")[1] for r in caplog.records if "dashboard part" in r.getMessage()}
+    assert {"report.png", "prediction", "scalars"} <= failed

@@ -158,3 +158,60 @@ def test_a_parallel_job_gets_one_gpu_of_several(monkeypatch, gpus, n_jobs, start
         assert name is None and fake.visible is None
     else:
         assert name == f"/physical_device:GPU:{expected}" and fake.visible == [fake.gpus[expected]]
+
+
+@pytest.mark.slow
+def test_a_job_diverging_to_huge_finite_gradients_leaves_its_results_and_the_sweep_goes_on(tmp_path):
+    # The sweep a new user tries first: job 3 (the notebook's model at lr 1e6) reaches gradients near
+    # the float32 limit, which once ended it inside the histogram code; pictures are drawn every 5 steps.
+    sweep_dir = tmp_path / "lr"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", "optimizer.lr=1e-3,1e6", "model=linear,notebook", *TINY,
+         "trainer.steps=10", "data.height=48", "data.width=64", f"hydra.sweep.dir={sweep_dir}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = [metrics(sweep_dir / str(n)) for n in range(4)]
+    assert [job["status"] for job in jobs] == ["completed", "completed", "completed", "failed"]
+    assert "non-finite" in jobs[3]["reason"]
+    assert "dashboard part" not in result.stderr  # the pictures of the huge weights were drawn too
+    for n in range(4):
+        assert (sweep_dir / str(n) / "kernels.npz").is_file() and (sweep_dir / str(n) / "model.keras").is_file()
+
+
+@pytest.mark.slow
+def test_an_optuna_search_with_diverging_trials_completes_and_picks_a_finite_one(tmp_path):
+    sweep_dir = tmp_path / "optuna"
+    sweep(sweep_dir, "hparams_search=notebook_optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1",
+          "optimizer.lr=choice(1e-3,1e9)", "model.width=8", "model.blur_layers=1", "model.activation=linear")
+    trials = {job.name: metrics(job) for job in sweep_dir.iterdir() if job.is_dir()}
+    assert len(trials) == 3
+    statuses = sorted(trial["status"] for trial in trials.values())
+    assert "failed" in statuses and "completed" in statuses
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert best.best_params["optimizer.lr"] == 1e-3 and math.isfinite(best.best_value)
+
+
+@pytest.mark.slow
+def test_an_unexpected_exception_is_recorded_as_crashed_before_it_ends_the_run(tmp_path, monkeypatch, capsys):
+    from conftest import run_main
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug after training")
+
+    monkeypatch.setattr("convlearn.pipeline.recovery_metrics", bug)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit):  # outside a sweep: Hydra prints its traceback and exits 1
+        run_main(monkeypatch, *TINY, "model=linear", "trainer.steps=2", f"hydra.run.dir={run_dir}")
+    error = capsys.readouterr().err
+    assert "Traceback" in error and "RuntimeError: a bug after training" in error
+    assert metrics(run_dir) == {
+        "status": "crashed", "reason": "RuntimeError: a bug after training", "checkpoint": str(run_dir / "checkpoints"),
+    }
+    assert (run_dir / "checkpoints" / "ckpt-2.index").is_file()
+
+    # In a sweep, the job is recorded the same way, and the sweep goes on.
+    sweep_dir = tmp_path / "sweep"
+    run_main(monkeypatch, "-m", *TINY, "model=linear", "trainer.steps=2", "trainer.seed=0,1",
+             f"hydra.sweep.dir={sweep_dir}")
+    assert [metrics(sweep_dir / str(n))["status"] for n in range(2)] == ["crashed", "crashed"]
