@@ -11,7 +11,6 @@ with the same least squares). Kernels are in cross-correlation order, like Keras
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import keras
 import numpy as np

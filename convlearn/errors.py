@@ -6,6 +6,8 @@ and exits non-zero instead of showing a traceback; anything else is a bug and ke
 """
 
 import os
+import sys
+from collections.abc import Callable
 
 
 class ConvlearnError(Exception):
@@ -15,3 +17,16 @@ class ConvlearnError(Exception):
 def full_error_wanted() -> bool:
     """Whether the user set ``HYDRA_FULL_ERROR=1`` (Hydra's switch) to see tracebacks instead of one line."""
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def script_exit_code(action: Callable[[], object]) -> int:
+    """Run a script's ``action``: 0 when it succeeds; 1 after printing a user mistake as one line
+    (its traceback with ``HYDRA_FULL_ERROR=1``), as ``train.py`` does."""
+    try:
+        action()
+    except ConvlearnError as err:
+        if full_error_wanted():
+            raise
+        print(f"convlearn: error: {err}", file=sys.stderr)
+        return 1
+    return 0

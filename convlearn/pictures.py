@@ -88,8 +88,9 @@ def comparison(inputs: np.ndarray, target: np.ndarray, prediction: np.ndarray) -
 
 def absolute_error(target: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """|prediction - target| in float64, where the difference of two float32 values near the
-    limits stays finite."""
-    return np.abs(np.asarray(prediction, np.float64) - np.asarray(target, np.float64))
+    limits stays finite; inf - inf is NaN (drawn as missing), without NumPy's warning on a diverged run."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(np.asarray(prediction, np.float64) - np.asarray(target, np.float64))
 
 
 def enlarge(array: np.ndarray, factor: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:

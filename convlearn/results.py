@@ -129,3 +129,12 @@ def save_run(
     save_kernels(run_dir / "kernels.npz", model)
     save_effective_kernels(run_dir, model, image, target_kernel)
     write_json(run_dir / "metrics.json", summary)
+
+
+def load_model(model_file: Path) -> keras.Model:
+    """A saved run's model, in Keras' safe mode: a file someone sent may hold code (a Lambda layer),
+    which is refused in one line instead of run."""
+    try:
+        return keras.models.load_model(model_file, compile=False, safe_mode=True)
+    except ValueError as err:  # safe mode refuses a Lambda layer (code), or the file is not a model
+        raise ConvlearnError(f"RUN_DIR: cannot load {model_file} safely: {str(err).splitlines()[0]}") from None

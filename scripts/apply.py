@@ -30,8 +30,9 @@ import imagecodecs  # noqa: E402
 import keras  # noqa: E402
 
 from convlearn.data import file  # noqa: E402
-from convlearn.errors import ConvlearnError, full_error_wanted  # noqa: E402
-from convlearn.models import footprint  # noqa: E402  (importing convlearn.models registers its layers)
+from convlearn.errors import ConvlearnError, script_exit_code  # noqa: E402
+from convlearn.models import footprint  # noqa: E402
+from convlearn.results import load_model  # noqa: E402  (importing convlearn.models registers its layers)
 
 
 def load_run(run_dir: Path) -> tuple[keras.Model, DictConfig]:
@@ -40,7 +41,7 @@ def load_run(run_dir: Path) -> tuple[keras.Model, DictConfig]:
     for needed in (model_file, config_file):
         if not needed.is_file():
             raise ConvlearnError(f"RUN_DIR: {needed} does not exist; give the directory of a finished run")
-    return keras.models.load_model(model_file, compile=False, safe_mode=True), OmegaConf.load(config_file)
+    return load_model(model_file), OmegaConf.load(config_file)
 
 
 def apply(model: keras.Model, cfg: DictConfig, image: Path) -> np.ndarray:
@@ -96,14 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("images", type=Path, nargs="+", help="images to apply the model to (.npy, PNG, TIFF, JPEG...)")
     parser.add_argument("--out", type=Path, help="folder for the outputs (default RUN_DIR/applied)")
     args = parser.parse_args(argv)
-    try:
-        apply_all(args.run_dir, args.images, args.out)
-    except ConvlearnError as err:
-        if full_error_wanted():
-            raise
-        print(f"convlearn: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return script_exit_code(lambda: apply_all(args.run_dir, args.images, args.out))
 
 
 if __name__ == "__main__":

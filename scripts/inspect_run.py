@@ -19,7 +19,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import keras
 import numpy as np
 from omegaconf import OmegaConf
 
@@ -29,8 +28,9 @@ sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere, without in
 from convlearn.config import build  # noqa: E402
 from convlearn.config_checks import check_targets  # noqa: E402
 from convlearn.data import as_images, load_image  # noqa: E402
-from convlearn.errors import ConvlearnError, full_error_wanted  # noqa: E402
+from convlearn.errors import ConvlearnError, script_exit_code  # noqa: E402
 from convlearn.report import write_activation_figure  # noqa: E402
+from convlearn.results import load_model  # noqa: E402
 
 
 def run_image(run_dir: Path, image: Path | None) -> np.ndarray:
@@ -55,10 +55,7 @@ def inspect(run_dir: Path, image: Path | None, out: Path | None) -> Path:
     for key, value in metrics.items():
         shown = f"{len(value)} values, last {value[-1]}" if key == "losses" and value else value
         print(f"{key:>16}: {shown}")
-    try:
-        model = keras.models.load_model(model_file, compile=False, safe_mode=True)  # never run code from a file
-    except ValueError as err:  # safe mode refuses a Lambda layer (code), or the file is not a model
-        raise ConvlearnError(f"RUN_DIR: cannot load {model_file} safely: {str(err).splitlines()[0]}") from None
+    model = load_model(model_file)  # never runs code from a file
     out = out or run_dir / "activations.png"
     layers = write_activation_figure(out, model, run_image(run_dir, image))
     print(f"{'activations':>16}: {len(layers)} layers -> {out}")
@@ -71,14 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image", type=Path, help="image to feed the model (.npy or PNG/JPEG)")
     parser.add_argument("--out", type=Path, help="where to write the figure (default RUN_DIR/activations.png)")
     args = parser.parse_args(argv)
-    try:
-        inspect(args.run_dir, args.image, args.out)
-    except ConvlearnError as err:
-        if full_error_wanted():
-            raise
-        print(f"convlearn: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return script_exit_code(lambda: inspect(args.run_dir, args.image, args.out))
 
 
 if __name__ == "__main__":
