@@ -4,27 +4,24 @@ The notebook asks whether the first layers "indeed extract the edges"; this modu
 numbers. :func:`effective_kernel` turns any model into one kernel (exactly for a stack of linear
 convs, the input gradient of one output pixel otherwise); :func:`lstsq_kernel` finds the best
 kernel of a given size in closed form; :func:`recovery_metrics` compares a trained model with that
-best kernel and with a linear target's true kernel, and :class:`LeastSquares` is a trainer that
-solves a linear model instead of training it. Kernels are in cross-correlation order, like Keras'
+best kernel and with a linear target's true kernel (:mod:`convlearn.lstsq` solves a linear model
+with the same least squares). Kernels are in cross-correlation order, like Keras'
 ``Conv2D``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from convlearn import geometry
+from convlearn.data import Batch
 from convlearn.errors import ConvlearnError
 from convlearn.models import conv_layers, footprint
 from convlearn.targets import Pipeline, compose_kernels
-from convlearn.training import Batch, History, StepLogger, mse, validation_loss
 
 # Rows of the design matrix per QR update: large enough for fast BLAS, small enough to keep
 # memory flat on big images and kernels.
@@ -39,7 +36,8 @@ def _dilated(kernel: np.ndarray, dilation: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _is_linear_stack(model: keras.Model) -> bool:
+def is_linear_stack(model: keras.Model) -> bool:
+    """Whether the model is only convolutions without activation (so one kernel computes it)."""
     convs = conv_layers(model)
     return len(convs) == len(model.layers) and all(layer.activation is keras.activations.linear for layer in convs)
 
@@ -50,7 +48,7 @@ def composed_kernel(model: keras.Model) -> np.ndarray:
     Correlating with ``a`` then ``b`` is correlating with their full convolution; over several
     channels the compositions are summed over the channels in between.
     """
-    if not _is_linear_stack(model):
+    if not is_linear_stack(model):
         raise ConvlearnError(f"model '{model.name}': composed_kernel needs convs without activations only")
     total = None
     for layer in conv_layers(model):
@@ -100,7 +98,7 @@ def linearised_kernel(model: keras.Model, image: np.ndarray | None = None, chann
 def effective_kernel(model: keras.Model, image: np.ndarray | None = None) -> np.ndarray:
     """The 2-D kernel from input channel 0 to output channel 0: composed exactly for a linear
     stack, linearised at the centre of ``image`` otherwise."""
-    if _is_linear_stack(model):
+    if is_linear_stack(model):
         return composed_kernel(model)[:, :, 0, 0]
     return linearised_kernel(model, image)[:, :, 0]
 
@@ -158,7 +156,7 @@ def lstsq_kernel(
     return kernel, bias, float(residual / targets.size)
 
 
-def _windows_at(images: np.ndarray, centres: tuple[slice, slice], size: tuple[int, int]) -> np.ndarray:
+def windows_at(images: np.ndarray, centres: tuple[slice, slice], size: tuple[int, int]) -> np.ndarray:
     """The part of ``images`` (``(..., H, W)``) whose VALID correlation with a ``size`` kernel
     gives the outputs centred on ``centres`` (rows, cols): the input pixels at their centres,
     rounded down where they fall between pixels, as :attr:`geometry.Crops.inputs` gives them.
@@ -181,7 +179,7 @@ def _aligned(image: np.ndarray, target: Pipeline, size: tuple[int, int]) -> tupl
     """Input window and target values over the pixels a ``size`` VALID conv and the target both
     cover (the crop training uses)."""
     crops = geometry.align(geometry.conv(size), target.footprint, image.shape)
-    return _windows_at(image, crops.inputs, size), target.apply(image)[crops.target]
+    return windows_at(image, crops.inputs, size), target.apply(image)[crops.target]
 
 
 def lstsq_fit(
@@ -211,73 +209,8 @@ def recovery_metrics(model: keras.Model, batch: Batch, target: Pipeline | None) 
         # A kernel larger than the true one fits no better (both fit exactly), so solve the smaller
         # problem: a 22x22 receptive field would otherwise cost a 484-unknown least squares.
         size = tuple(min(e, t) for e, t in zip(size, true.shape))
-    _, _, residual = lstsq_kernel(_windows_at(images, batch.crops.inputs, size), targets, size)
+    _, _, residual = lstsq_kernel(windows_at(images, batch.crops.inputs, size), targets, size)
     metrics = {"lstsq_rel_mse": residual / float(np.var(targets, dtype=np.float64))}
     if true is not None:
         metrics["kernel_rel_error"] = kernel_rel_error(effective_kernel(model, images[0]), true)
     return metrics
-
-
-class LeastSquares:
-    """A trainer that solves a one-layer linear model in closed form instead of training it.
-
-    Same interface as :class:`convlearn.training.Trainer`; the history holds one step, the loss
-    of the model before it was solved. The optimizer is not used.
-    """
-
-    def __init__(self, steps: int = 1, seed: int = 0, deterministic: bool = True) -> None:
-        # ``steps`` is there so that every trainer config has one (the HPARAMS table reads it).
-        if steps != 1:
-            raise ConvlearnError(f"trainer.steps: trainer=lstsq solves in exactly 1 step, got {steps}")
-        self.steps = steps
-        self.seed = seed
-        self.deterministic = deterministic
-        self.resume = False  # a one-step solve has nothing to resume
-
-    def scope(self) -> contextlib.AbstractContextManager:
-        """The solve runs on one device: no distribution scope."""
-        return contextlib.nullcontext()
-
-    def fit(
-        self,
-        model: keras.Model,
-        optimizer: keras.optimizers.Optimizer,
-        batch: Batch | Iterable,
-        logger: StepLogger | None = None,
-        validation: Sequence[Batch] = (),
-        checkpoint_dir: Path | None = None,
-    ) -> History:
-        """Solve on the full-frame ``batch`` (all its images at once); ``validation`` batches get
-        their MSE recorded after the solve, as the trainer does at its last step. A solve takes
-        seconds, so nothing is written to ``checkpoint_dir``."""
-        if not isinstance(batch, Batch):
-            raise ConvlearnError(
-                "trainer=lstsq: solves on whole images only, but the data come as random patches; "
-                "unset data.patch_size"
-            )
-        convs = conv_layers(model)
-        if not (_is_linear_stack(model) and len(convs) == 1 and convs[0].padding == "valid"):
-            raise ConvlearnError(
-                f"trainer=lstsq: model '{model.name}' must be a single VALID conv without activation "
-                "(model=linear); train other models with trainer=default"
-            )
-        (layer,) = convs
-        if layer.kernel.shape[2:] != (1, 1) or tuple(layer.dilation_rate) != (1, 1):
-            raise ConvlearnError(
-                f"trainer=lstsq: model '{model.name}' must map 1 channel to 1 without dilation, got kernel "
-                f"{tuple(layer.kernel.shape)} dilation {tuple(layer.dilation_rate)}"
-            )
-        start = time.perf_counter()
-        history = History(losses=[mse(model, batch)])
-        if logger is not None:
-            logger.on_step(0, {"loss": history.losses[0]}, model)
-        size = tuple(layer.kernel_size)
-        window = _windows_at(batch.inputs.numpy()[..., 0], batch.crops.inputs, size)
-        kernel, bias, _ = lstsq_kernel(window, batch.targets.numpy()[..., 0], size, layer.use_bias)
-        layer.kernel.assign(kernel[:, :, None, None].astype(layer.kernel.dtype))
-        if layer.use_bias:
-            layer.bias.assign(np.array([bias], layer.bias.dtype))
-        history.wall_seconds = time.perf_counter() - start
-        if validation:
-            history.val_losses.append((1, validation_loss(model, validation)))
-        return history

@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
+from convlearn.config import flatten
 from convlearn.errors import ConvlearnError
 
 FOLDER = "checkpoints"
@@ -55,20 +56,12 @@ def claim_run_dir(run_dir: Path, resume: bool, cfg: DictConfig) -> Path:
 
 def config_changes(old: DictConfig, new: DictConfig) -> list[str]:
     """``key: old -> new`` for every value that differs, except ``trainer.resume`` itself."""
-    before, after = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (old, new))
+    before, after = (flatten(OmegaConf.to_container(c, resolve=True)) for c in (old, new))
     return [
         f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
         for key in sorted(before.keys() | after.keys())
         if key != "trainer.resume" and before.get(key) != after.get(key)
     ]
-
-
-def _flat(tree: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(tree, dict):
-        return {k: v for key, child in tree.items() for k, v in _flat(child, f"{prefix}{key}.").items()}
-    if isinstance(tree, list):
-        return {k: v for i, child in enumerate(tree) for k, v in _flat(child, f"{prefix[:-1]}[{i}].").items()}
-    return {prefix[:-1]: tree}
 
 
 class Checkpoints:

@@ -38,6 +38,15 @@ def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
         raise _explain(group, err) from err
 
 
+def flatten(tree: object, prefix: str = "") -> dict[str, object]:
+    """A nested dict/list (a config as containers) as ``{"trainer.steps": 12, "target.steps[0].size": 5}``."""
+    if isinstance(tree, dict):
+        return {k: v for key, child in tree.items() for k, v in flatten(child, f"{prefix}{key}.").items()}
+    if isinstance(tree, list):
+        return {k: v for i, child in enumerate(tree) for k, v in flatten(child, f"{prefix[:-1]}[{i}].").items()}
+    return {prefix[:-1]: tree}
+
+
 def _explain(group: str, err: Exception) -> Exception:
     """The user-facing cause of an instantiation failure, or the failure itself if it is a bug."""
     cause: BaseException | None = err

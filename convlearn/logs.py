@@ -31,10 +31,10 @@ from tensorboard.plugins.image import metadata as image_metadata
 
 from convlearn import pictures
 from convlearn.analysis import effective_kernel
+from convlearn.data import Batch
 from convlearn.errors import ConvlearnError
 from convlearn.models import conv_layers
-from convlearn.summary import psnr_db
-from convlearn.training import Batch
+from convlearn.results import psnr_db
 
 HParamValue = bool | int | float | str
 Snapshot = Callable[[tf.Tensor, tf.Tensor], tuple[dict[str, tf.Tensor], tf.Tensor, list[tf.Tensor | None]]]

@@ -146,7 +146,7 @@ def sequential(
     return keras.Sequential(stack, name=name)
 
 
-def seed(
+def notebook(
     activation: str = "elu",
     edge_filters: int = 2,
     edge_size: Size = 2,
@@ -172,7 +172,7 @@ def seed(
         *[dict(filters=blur_filters, kernel_size=3) for _ in range(blur_layers)],
         dict(filters=channels, kernel_size=3),
     ]
-    return sequential([dict(spec, activation=activation) for spec in layers], channels, "seed", target)
+    return sequential([dict(spec, activation=activation) for spec in layers], channels, "notebook", target)
 
 
 def linear(

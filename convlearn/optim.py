@@ -13,7 +13,7 @@ from hydra.utils import get_class
 from convlearn.errors import ConvlearnError
 
 
-def build(
+def make_optimizer(
     cls: str = "keras.optimizers.Adam",
     lr: float = 1e-3,
     decay_steps: int | None = None,

@@ -1,6 +1,6 @@
 """Arrays as pictures a person can read: colour maps, side-by-side panels, kernel grids.
 
-Shared by the TensorBoard logger, the run's ``summary.png`` and ``scripts/inspect_run.py``.
+Shared by the TensorBoard logger, the run's ``report.png`` and ``scripts/inspect_run.py``.
 Kernels are tiny (2x2, 3x3), so they are enlarged with nearest-neighbour and drawn on a diverging
 map centred on zero: red is positive, blue negative, white zero.
 """

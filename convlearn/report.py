@@ -1,6 +1,6 @@
-"""Figures outside TensorBoard: a run's ``summary.png`` and the per-layer activation figure.
+"""Figures outside TensorBoard: a run's ``report.png`` and the per-layer activation figure.
 
-``summary.png`` is the one picture a person pastes into a report: the loss curve, input / target /
+``report.png`` is the one picture a person pastes into a report: the loss curve, input / target /
 prediction / error with colour bars, the first layer's kernels and the effective kernels.
 Figures are drawn on a ``matplotlib.figure.Figure`` (no pyplot), so no display or global
 backend state is involved.
@@ -18,12 +18,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from convlearn import pictures
+from convlearn.data import Batch
 from convlearn.logs import compared_images, effective_kernels, layer_outputs
 from convlearn.models import conv_layers
-from convlearn.training import Batch
 
 
-def write_summary_png(
+def write_report_png(
     path: Path, losses: Sequence[float], batch: Batch, model: keras.Model, target_kernel: np.ndarray | None
 ) -> None:
     """Loss curve, the four-image comparison, first-layer and effective kernels in one PNG."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from convlearn.errors import ConvlearnError
 from convlearn.perf import set_threads
-from convlearn.summary import write_json
+from convlearn.results import write_json
 
 # Metrics a sweeper can minimise; all are "lower is better".
 OBJECTIVES = ("final_loss", "best_loss", "rel_mse")

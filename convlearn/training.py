@@ -26,33 +26,14 @@ from tqdm import tqdm
 
 from convlearn import distribute
 from convlearn.checkpoints import Checkpoints
+from convlearn.data import Batch
 from convlearn.errors import ConvlearnError
-from convlearn.geometry import Crops, align
+from convlearn.geometry import Crops
 from convlearn.initialization import unit_variance
-from convlearn.models import footprint
 from convlearn.optim import current_lr
 from convlearn.perf import fastest_step, set_precision, set_threads
-from convlearn.targets import Pipeline, footprint_of
 
 log = logging.getLogger("convlearn")
-
-
-@dataclass
-class Batch:
-    """Model inputs, and targets already cut to the pixels the model's output is compared on."""
-
-    inputs: tf.Tensor
-    targets: tf.Tensor
-    crops: Crops
-
-    def predict(self, model: keras.Model) -> tf.Tensor:
-        """The model's output on the inputs, cut to the compared region, in float32."""
-        rows, cols = self.crops.model
-        return tf.cast(model(self.inputs, training=False)[:, rows, cols, :], tf.float32)
-
-    def loss(self, model: keras.Model) -> tf.Tensor:
-        """MSE of the model's output against the targets, over the compared pixels."""
-        return tf.reduce_mean(tf.square(self.predict(model) - self.targets))
 
 
 @dataclass
@@ -329,20 +310,3 @@ def mse(model: keras.Model, batch: Batch) -> float:
 def validation_loss(model: keras.Model, validation: Sequence[Batch]) -> float:
     """Mean MSE over the validation batches."""
     return float(np.mean([mse(model, batch) for batch in validation]))
-
-
-def make_batch(
-    image: np.ndarray, target: Pipeline | None, model: keras.Model, given: np.ndarray | None = None
-) -> Batch:
-    """The training batch for one ``(H, W)`` image or a stack ``(N, H, W, C)``: the target computed
-    once and cropped to the pixels the model's output covers too. With ``target=None`` the
-    targets are ``given`` images of the same shape (data=pairs), aligned pixel for pixel."""
-    image = np.asarray(image, np.float32)
-    inputs = tf.constant(image[None, ..., None] if image.ndim == 2 else image)
-    crops = align(footprint(model), footprint_of(target), tuple(inputs.shape[1:3]))
-    rows, cols = crops.target
-    if target is not None:
-        full = target(inputs)
-    else:
-        full = tf.constant(np.reshape(np.asarray(given, np.float32), inputs.shape))
-    return Batch(inputs=inputs, targets=full[:, rows, cols, :], crops=crops)

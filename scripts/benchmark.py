@@ -40,15 +40,13 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from convlearn import perf  # noqa: E402
 from convlearn.config import build  # noqa: E402
-from convlearn.data import as_images, make_feed, shapes  # noqa: E402
+from convlearn.data import make_batch, shapes  # noqa: E402
 from convlearn.logs import hparams_from_config  # noqa: E402
 from convlearn.optim import current_lr  # noqa: E402
-from convlearn.training import compiled_step, make_batch, mse, seed_everything  # noqa: E402
-from convlearn.validation import validate  # noqa: E402
+from convlearn.pipeline import build_experiment, train_experiment  # noqa: E402
+from convlearn.training import compiled_step, mse  # noqa: E402
 
-QUICK_DATA = [
-    "data.height=48", "data.width=56", "data.n_circles=3", "data.n_squares=3", "data.min_size=4", "data.max_size=10"
-]
+QUICK_DATA = ["debug=tiny"]  # configs/debug/tiny.yaml: the tests' tiny image
 QUICK_STEPS = 6
 SCALING_SIZES = [128, 256, 512, 1024, 2048]
 QUICK_SCALING_SIZES = [48, 64]
@@ -75,6 +73,12 @@ class StepClock:
     def start(self) -> None:
         self.times.clear()
         self._start = time.perf_counter()
+
+    def watch(self, logger: object) -> StepClock:
+        """Time the steps reported to ``logger`` from now on (the trainer then reports to the clock)."""
+        self.logger = logger
+        self.start()
+        return self
 
     def tick(self) -> None:
         self.times.append(time.perf_counter() - self._start)
@@ -150,11 +154,8 @@ def run_row(spec: dict) -> dict:
     last step a final evaluation), so it can be compared with the notebook's final MSE. Kind
     ``logging`` returns :func:`_logging_cost`'s numbers instead."""
     perf.set_threads(spec.get("threads"))
-    cfg = compose_config(spec["overrides"])
-    validate(cfg)
-    trainer = build(cfg, "trainer")  # before the model: sets precision and threads
-    images = as_images(build(cfg, "data"))
-    target = build(cfg, "target")
+    experiment = build_experiment(compose_config(spec["overrides"]))
+    trainer, images, target = experiment.trainer, experiment.images, experiment.target
     clock = StepClock()
     if spec["kind"] in ("notebook", "keras_fit"):
         keras.utils.set_random_seed(trainer.seed)
@@ -172,24 +173,20 @@ def run_row(spec: dict) -> dict:
             losses = timer.losses
         train, preview = batch, batch
     else:
-        seed_everything(trainer.seed, trainer.deterministic)
-        model = build(cfg, "model", target=target.footprint)
-        feed = make_feed(images, target, model, seed=trainer.seed)
-        train, preview = feed.train, feed.preview
-        optimizer = build(cfg, "optimizer")
+        model, optimizer = experiment.model, experiment.optimizer
+        train, preview = experiment.feed.train, experiment.feed.preview
         if spec["kind"] == "bare":
             losses = _bare_loop(model, optimizer, train, trainer.steps, clock)
-        else:
-            make_logger = build(cfg, "logger")
+        elif spec["kind"] == "logging":
+            make_logger = build(experiment.cfg, "logger")
             with tempfile.TemporaryDirectory() as log_dir, make_logger(
-                log_dir=Path(log_dir), batch=preview, config_text=OmegaConf.to_yaml(cfg),
-                hparams=hparams_from_config(cfg), target_kernel=target.linear_kernel(),
+                log_dir=Path(log_dir), batch=preview, config_text=OmegaConf.to_yaml(experiment.cfg),
+                hparams=hparams_from_config(experiment.cfg), target_kernel=target.linear_kernel(),
             ) as logger:
-                if spec["kind"] == "logging":
-                    return _logging_cost(model, optimizer, train, logger, spec["rounds"], spec["chunk"])
-                clock.logger = logger
-                clock.start()
-                losses = trainer.fit(model, optimizer, train, clock).losses
+                return _logging_cost(model, optimizer, train, logger, spec["rounds"], spec["chunk"])
+        else:
+            with tempfile.TemporaryDirectory() as run_dir:
+                losses = train_experiment(experiment, Path(run_dir), watch=clock.watch).history.losses
     final = mse(model, preview)
     inputs = train.inputs if hasattr(train, "inputs") else next(iter(train))[0]
     return {

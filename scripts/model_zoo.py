@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from convlearn.config import build  # noqa: E402 (needs the repository on the path)
 from convlearn.errors import ConvlearnError  # noqa: E402
-from train import train  # noqa: E402
+from convlearn.pipeline import run_experiment  # noqa: E402
 
 
 # The target presets of configs/target/, as override lists; sobel_x is a custom kernel.
@@ -45,7 +45,7 @@ MODELS: dict[str, tuple[list[str], list[str]]] = {
     "linear": (["model=linear"],) * 2,
     "linear, trainer=lstsq": (["model=linear", "trainer=lstsq"],) * 2,
     "deep_linear": (["model=deep_linear", "model.depth=7", "model.kernel_size=4"], ["model=deep_linear"]),
-    "seed": (["model=seed", "optimizer.lr=3e-3"],) * 2,
+    "notebook": (["model=notebook", "optimizer.lr=3e-3"],) * 2,
     "edge_blur_structured": (["model=edge_blur_structured", "model.edge_size=auto"],) * 2,
     "can": (["model=can", "optimizer.lr=3e-3"],) * 2,
 }
@@ -107,7 +107,7 @@ def main() -> None:
                 run_dir = run_dir.with_name(name + "_lstsq")
             cell = time.perf_counter()
             try:
-                summary = train(cfg, run_dir)
+                summary = run_experiment(cfg, run_dir).metrics
             except ConvlearnError as err:
                 psnr.setdefault(model, {})[name] = "n/a"
                 print(f"{model} on {name}: {err}", file=sys.stderr)

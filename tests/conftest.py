@@ -9,25 +9,17 @@ from types import ModuleType
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from convlearn.config import one_line_composition_errors
+from convlearn.config import flatten, one_line_composition_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Small and fast: a 40x48 generated image and a handful of steps.
-TINY = [
-    "data.height=40",
-    "data.width=48",
-    "data.n_circles=3",
-    "data.n_squares=3",
-    "data.min_size=4",
-    "data.max_size=10",
-    "trainer.steps=12",
-    "trainer.progress=false",
-    "logger.scalar_every=2",
-    "logger.image_every=5",
-]
+TINY_YAML = ROOT / "configs" / "debug" / "tiny.yaml"
+# Small and fast (a 40x48 generated image, a handful of steps): configs/debug/tiny.yaml as overrides, so that
+# tests can drop the keys that another data or trainer option does not take.
+TINY = [f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+        for key, value in flatten(OmegaConf.to_container(OmegaConf.load(TINY_YAML))).items()]
 
 
 def load_script(name: str) -> ModuleType:

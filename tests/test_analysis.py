@@ -15,8 +15,8 @@ from convlearn import analysis, models
 from convlearn.config import build
 from convlearn.errors import ConvlearnError
 from convlearn.kernels import gaussian, sobel
+from convlearn.pipeline import run_experiment
 from convlearn.targets import Convolve, Pipeline
-from train import train
 
 RNG = np.random.default_rng(0)
 
@@ -59,7 +59,7 @@ def test_linearised_kernel_of_a_nonlinear_model_is_its_input_gradient():
     model = models.sequential([dict(filters=1, kernel_size=3, activation="relu", kernel_initializer="ones")])
     assert np.array_equal(analysis.linearised_kernel(model, np.ones((5, 5)))[:, :, 0], np.ones((3, 3)))
     assert np.array_equal(analysis.linearised_kernel(model, -np.ones((5, 5)))[:, :, 0], np.zeros((3, 3)))
-    assert analysis.effective_kernel(models.seed(), RNG.random((30, 30))).shape == (22, 22)
+    assert analysis.effective_kernel(models.notebook(), RNG.random((30, 30))).shape == (22, 22)
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
@@ -147,7 +147,7 @@ def recover_cfg(*overrides: str, trainer: str = "default"):
 def test_the_recover_kernel_preset_recovers_linear_kernels(tmp_path, target, trainer, tolerance):
     # Gradient descent on white noise (the preset's 300 steps) and the closed-form solve both
     # reach the kernel; the float32 target limits either to ~1e-7.
-    summary = train(recover_cfg(*target, trainer=trainer), tmp_path)
+    summary = run_experiment(recover_cfg(*target, trainer=trainer), tmp_path).metrics
     assert summary["kernel_rel_error"] < tolerance and summary["lstsq_rel_mse"] < 1e-10
 
 
@@ -159,23 +159,11 @@ def test_the_recover_kernel_preset_trains_with_plain_gradient_descent_or_another
     assert type(adam) is keras.optimizers.Adam and np.isclose(float(adam.learning_rate), 1e-2)
 
 
-def test_lstsq_trainer_solves_the_linear_model_and_writes_the_run_dir(tmp_path):
-    summary = train(tiny_cfg("model=linear", "model.kernel_size=7", *GAUSSIAN_5, "trainer=lstsq"), tmp_path)
-    assert summary["kernel_rel_error"] < 1e-6 and summary["lstsq_rel_mse"] < 1e-10
-    assert summary["steps"] == 1 and summary["final_loss"] < 1e-6 * summary["losses"][0]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["kernel_rel_error"] == summary["kernel_rel_error"] and np.isfinite(metrics["psnr_db"])
-    with np.load(tmp_path / "kernels.npz", allow_pickle=False) as saved:
-        assert analysis.kernel_rel_error(saved["conv_00"][:, :, 0, 0], gaussian(1.0, 5)) < 1e-6
-        reloaded = keras.saving.load_model(tmp_path / "model.keras")
-        assert np.array_equal(reloaded.layers[0].kernel.numpy(), saved["conv_00"])
-
-
 def test_deep_linear_composes_to_the_gaussian(tmp_path):
     # Two 3x3 layers represent the 5x5 Gaussian exactly; from split_delta plain gradient descent
     # gets there (centred deltas stop at ~1.7%). Measured over seeds: 5e-5 to 1.2e-4.
     cfg = recover_cfg("model=deep_linear", "model.kernel_initializer=split_delta", *GAUSSIAN_5, "trainer.steps=1000")
-    summary = train(cfg, tmp_path)
+    summary = run_experiment(cfg, tmp_path).metrics
     assert summary["kernel_rel_error"] < 1e-3
     reloaded = keras.saving.load_model(tmp_path / "model.keras")
     composed = analysis.composed_kernel(reloaded)[:, :, 0, 0]
@@ -191,7 +179,7 @@ def test_pairs_runs_report_the_least_squares_optimum_and_lstsq_solves_them(tmp_p
         "data=pairs", f"data.inputs={tmp_path}/in", f"data.targets={tmp_path}/out", "data.patch_size=null",
         "model=linear", "model.kernel_size=5", f"trainer={trainer}",
     )
-    summary = train(cfg, tmp_path / "run")
+    summary = run_experiment(cfg, tmp_path / "run").metrics
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["lstsq_rel_mse"] == summary["lstsq_rel_mse"] < 1e-12 and "kernel_rel_error" not in metrics
     with np.load(tmp_path / "run" / "kernels.npz", allow_pickle=False) as saved:
@@ -202,16 +190,6 @@ def test_pairs_runs_report_the_least_squares_optimum_and_lstsq_solves_them(tmp_p
         assert error > 0.1 and summary["rel_mse"] > 1e6 * summary["lstsq_rel_mse"]
 
 
-def test_lstsq_trainer_refuses_nonlinear_models(tmp_path):
-    with pytest.raises(ConvlearnError, match="trainer=lstsq: model 'can' must be a single VALID conv"):
-        train(tiny_cfg("model=can", "model.depth=2", "model.width=2", *GAUSSIAN_5, "trainer=lstsq"), tmp_path)
-
-
-def test_lstsq_trainer_is_one_step():
-    with pytest.raises(ConvlearnError, match="trainer.steps: trainer=lstsq solves in exactly 1 step, got 12"):
-        analysis.LeastSquares(steps=12)
-
-
 def test_no_recovery_metrics_for_a_nonlinear_target(make_cfg, tmp_path):
-    summary = train(make_cfg("model=linear", "trainer.steps=2"), tmp_path)
+    summary = run_experiment(make_cfg("model=linear", "trainer.steps=2"), tmp_path).metrics
     assert "kernel_rel_error" not in summary and "lstsq_rel_mse" not in summary

@@ -19,8 +19,8 @@ from convlearn.config import build
 from convlearn.errors import ConvlearnError
 from convlearn.models import linear, sequential
 from convlearn.optim import current_lr
-from convlearn.validation import validate
-from train import train
+from convlearn.config_checks import validate
+from convlearn.pipeline import run_experiment
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_peak_memory_is_this_process_own_high_water_mark(tmp_path):
 
 def test_bf16_trains_with_float32_weights_and_loss(make_cfg, tmp_path, monkeypatch, keep_policy):
     monkeypatch.setattr(perf, "cpu_flags", lambda: {"avx512_bf16"})  # run the bf16 path on any CPU
-    summary = train(make_cfg("trainer.precision=bf16", "trainer.steps=4"), tmp_path)
+    summary = run_experiment(make_cfg("trainer.precision=bf16", "trainer.steps=4"), tmp_path).metrics
     assert keras.config.dtype_policy().name == "mixed_bfloat16"
     assert summary["status"] == "completed" and all(math.isfinite(loss) for loss in summary["losses"])
     assert isinstance(summary["final_loss"], float) and summary["final_loss"] < summary["losses"][0] * 10
@@ -68,7 +68,7 @@ def test_bf16_trains_with_float32_weights_and_loss(make_cfg, tmp_path, monkeypat
 def test_bf16_is_refused_on_a_cpu_without_bf16(make_cfg, tmp_path, monkeypatch, keep_policy):
     monkeypatch.setattr(perf, "cpu_flags", lambda: {"avx2"})
     with pytest.raises(ConvlearnError, match=r"trainer\.precision: 'bf16' needs a CPU with bfloat16.*float32"):
-        train(make_cfg("trainer.precision=bf16"), tmp_path)
+        run_experiment(make_cfg("trainer.precision=bf16"), tmp_path)
     assert not (tmp_path / "metrics.json").exists()
 
 
@@ -79,6 +79,7 @@ def test_precision_and_threads_values_are_checked(make_cfg):
         perf.set_threads([2])
 
 
+@pytest.mark.slow
 def test_threads_apply_in_a_fresh_process_and_are_refused_once_tensorflow_runs():
     code = (
         "from convlearn.perf import set_threads; set_threads([1, 2]); import tensorflow as tf; "
@@ -115,6 +116,7 @@ def test_rows_are_summarised_against_the_notebook(benchmark):
     assert never["seconds_to_notebook_quality"] is None
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     # --quick runs its rows in this process anyway (the thread sweep's row still gets a fresh one),
     # so main() here checks the same as a `python scripts/benchmark.py --quick` would, without
@@ -143,6 +145,7 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     assert "notebook loop" in stdout and "threads [intra, inter]: best [1, 1]" in stdout and "logging: " in stdout
 
 
+@pytest.mark.slow
 def test_rows_option_runs_only_those_next_to_the_notebook_loop(benchmark, tmp_path):
     out = tmp_path / "bench.json"
     assert benchmark.main(["--quick", "--rows", "convlearn bare step", "--out", str(out)]) == 0
@@ -160,7 +163,7 @@ def test_fast_preset_is_the_notebook_experiment_with_lsuv_and_a_tuned_adam(make_
     assert isinstance(optimizer, keras.optimizers.Adam)
     assert optimizer.epsilon == pytest.approx(1e-10) and current_lr(optimizer) == pytest.approx(4e-3)
     assert optimizer.global_clipnorm == pytest.approx(0.05) and optimizer.beta_2 == pytest.approx(0.99)
-    assert cfg.model._target_ == "convlearn.models.seed" and cfg.target.repeats == 5
+    assert cfg.model._target_ == "convlearn.models.notebook" and cfg.target.repeats == 5
     trainer = build(cfg, "trainer")
     assert trainer.jit_compile == "auto" and trainer.init == "lsuv"
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -168,9 +171,9 @@ def test_fast_preset_is_the_notebook_experiment_with_lsuv_and_a_tuned_adam(make_
 
 
 def test_xla_step_trains_like_the_plain_step_and_repeats_itself(make_cfg, tmp_path):
-    plain = train(make_cfg("trainer.steps=6"), tmp_path / "plain")
-    xla = train(make_cfg("trainer.steps=6", "trainer.jit_compile=true"), tmp_path / "xla")
-    again = train(make_cfg("trainer.steps=6", "trainer.jit_compile=true"), tmp_path / "again")
+    plain = run_experiment(make_cfg("trainer.steps=6"), tmp_path / "plain").metrics
+    xla = run_experiment(make_cfg("trainer.steps=6", "trainer.jit_compile=true"), tmp_path / "xla").metrics
+    again = run_experiment(make_cfg("trainer.steps=6", "trainer.jit_compile=true"), tmp_path / "again").metrics
     assert xla["losses"] == again["losses"]  # deterministic under XLA too
     # The same arithmetic, fused differently: equal up to float32 rounding.
     np.testing.assert_allclose(xla["losses"], plain["losses"], rtol=1e-3)
@@ -204,11 +207,12 @@ def test_auto_jit_trains_exactly_like_the_step_it_picked(make_cfg, tmp_path, cap
     # The timing steps run on the LSUV-rescaled model and are undone, model and optimizer alike:
     # the run then equals one pinned to the picked step from the start.
     with caplog.at_level("INFO", logger="convlearn"):
-        auto = train(make_cfg("trainer.steps=6", "trainer.init=lsuv", "trainer.jit_compile=auto"), tmp_path / "auto")
+        auto_cfg = make_cfg("trainer.steps=6", "trainer.init=lsuv", "trainer.jit_compile=auto")
+        auto = run_experiment(auto_cfg, tmp_path / "auto").metrics
     picked = auto["jit_compile"]
     assert isinstance(picked, bool)
     assert f"training with {'XLA' if picked else 'the graph'}" in caplog.text
     pinned = make_cfg("trainer.steps=6", "trainer.init=lsuv", f"trainer.jit_compile={str(picked).lower()}")
-    assert train(pinned, tmp_path / "pinned")["losses"] == auto["losses"]
+    assert run_experiment(pinned, tmp_path / "pinned").metrics["losses"] == auto["losses"]
     with pytest.raises(ConvlearnError, match=r"trainer\.jit_compile: .*true or false.*'auto'"):
         validate(make_cfg("trainer.jit_compile=sometimes"))

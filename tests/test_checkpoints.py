@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import ROOT, TINY
 from convlearn.checkpoints import Checkpoints
 from convlearn.config import build
-from train import train
+from convlearn.pipeline import run_experiment
 
 # Many cheap steps, so that a run is still going when its first checkpoint appears.
 LONG = ["model=linear", "trainer.steps=1500", "trainer.checkpoint_every=50", "logger.scalar_every=100",
@@ -53,8 +53,9 @@ def wait_for_checkpoint_after(process, folder, step, polls=12000):
     pytest.fail(f"no checkpoint after step {step} in {folder}")
 
 
+@pytest.mark.slow
 def test_killed_and_interrupted_run_resumes_bit_for_bit(make_cfg, tmp_path):
-    reference = train(make_cfg(*LONG), tmp_path / "reference")
+    reference = run_experiment(make_cfg(*LONG), tmp_path / "reference").metrics
     run_dir = tmp_path / "run"
     folder = run_dir / "checkpoints"
 
@@ -79,7 +80,7 @@ def test_killed_and_interrupted_run_resumes_bit_for_bit(make_cfg, tmp_path):
     assert "Traceback" not in stderr
 
     # The last leg needs no signal: it resumes in this process, from the interrupted run's checkpoint.
-    train(make_cfg(*LONG, "trainer.resume=true"), run_dir)
+    run_experiment(make_cfg(*LONG, "trainer.resume=true"), run_dir)
     resumed = read_metrics(run_dir)
     assert resumed["status"] == "completed"
     assert resumed["losses"] == reference["losses"]
@@ -90,7 +91,7 @@ def test_killed_and_interrupted_run_resumes_bit_for_bit(make_cfg, tmp_path):
 
 def test_nonfinite_loss_stops_the_run_as_failed_with_a_checkpoint(make_cfg, tmp_path):
     cfg = make_cfg("model=linear", "optimizer=sgd", "optimizer.lr=1e6", "trainer.steps=30", "trainer.checkpoint_every=1")
-    summary = train(cfg, tmp_path)
+    summary = run_experiment(cfg, tmp_path).metrics
 
     metrics = read_metrics(tmp_path)
     step = metrics["stopped_step"]
@@ -111,7 +112,7 @@ def test_nonfinite_loss_stops_the_run_as_failed_with_a_checkpoint(make_cfg, tmp_
 
 def test_skip_mode_leaves_out_nonfinite_updates_and_finishes(make_cfg, tmp_path):
     cfg = make_cfg("model=linear", "optimizer=sgd", "optimizer.lr=1e6", "trainer.steps=8", "trainer.on_nonfinite=skip")
-    summary = train(cfg, tmp_path)
+    summary = run_experiment(cfg, tmp_path).metrics
     assert summary["status"] == "completed" and summary["steps"] == 8
     first_bad = summary["skipped_steps"][0]
     assert summary["skipped_steps"] == list(range(first_bad, 8))
@@ -119,9 +120,9 @@ def test_skip_mode_leaves_out_nonfinite_updates_and_finishes(make_cfg, tmp_path)
 
 
 def test_two_seeded_runs_are_bit_identical_and_another_seed_differs(make_cfg, tmp_path):
-    first = train(make_cfg("trainer.seed=3", "trainer.steps=6"), tmp_path / "a")
-    second = train(make_cfg("trainer.seed=3", "trainer.steps=6"), tmp_path / "b")
-    other = train(make_cfg("trainer.seed=4", "trainer.steps=6"), tmp_path / "c")
+    first = run_experiment(make_cfg("trainer.seed=3", "trainer.steps=6"), tmp_path / "a").metrics
+    second = run_experiment(make_cfg("trainer.seed=3", "trainer.steps=6"), tmp_path / "b").metrics
+    other = run_experiment(make_cfg("trainer.seed=4", "trainer.steps=6"), tmp_path / "c").metrics
     assert read_metrics(tmp_path / "a")["losses"] == read_metrics(tmp_path / "b")["losses"] == first["losses"]
     assert first["final_loss"] == second["final_loss"]
     a, b = kernels(tmp_path / "a"), kernels(tmp_path / "b")
@@ -145,8 +146,9 @@ def test_checkpoint_restores_the_data_generator(make_cfg, tmp_path):
 
 
 def test_resume_trains_further_and_warns_about_a_changed_config(make_cfg, tmp_path, caplog):
-    first = train(make_cfg("model=linear", "trainer.steps=4"), tmp_path)
-    resumed = train(make_cfg("model=linear", "trainer.steps=7", "optimizer.lr=3e-3", "trainer.resume=true"), tmp_path)
+    first = run_experiment(make_cfg("model=linear", "trainer.steps=4"), tmp_path).metrics
+    longer = make_cfg("model=linear", "trainer.steps=7", "optimizer.lr=3e-3", "trainer.resume=true")
+    resumed = run_experiment(longer, tmp_path).metrics
     assert resumed["steps"] == 7 and resumed["losses"][:4] == first["losses"]
     assert "optimizer.lr: 0.001 -> 0.003; trainer.steps: 4 -> 7" in caplog.text
 
@@ -157,8 +159,8 @@ def test_resumed_patch_stream_draws_the_same_patches(make_cfg, tmp_path):
     np.save(tmp_path / "image.npy", shapes(40, 48, n_circles=3, n_squares=3, min_size=4, max_size=10))
     patches = ["data=file", f"data.path={tmp_path}/image.npy", "data.patch_size=24", "data.batch_size=2",
                "model=linear", "optimizer.lr=3e-3"]
-    whole = train(make_cfg(*patches, "trainer.steps=6"), tmp_path / "whole")
-    train(make_cfg(*patches, "trainer.steps=3"), tmp_path / "split")
-    resumed = train(make_cfg(*patches, "trainer.steps=6", "trainer.resume=true"), tmp_path / "split")
+    whole = run_experiment(make_cfg(*patches, "trainer.steps=6"), tmp_path / "whole").metrics
+    run_experiment(make_cfg(*patches, "trainer.steps=3"), tmp_path / "split")
+    resumed = run_experiment(make_cfg(*patches, "trainer.steps=6", "trainer.resume=true"), tmp_path / "split").metrics
     assert resumed["losses"] == whole["losses"] and len(set(whole["losses"])) == 6
     assert np.array_equal(kernels(tmp_path / "split")["conv_00"], kernels(tmp_path / "whole")["conv_00"])

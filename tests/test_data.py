@@ -10,11 +10,10 @@ from scipy.ndimage import correlate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from convlearn import kernels, models
-from convlearn.data import Stream, file, folder, load_image, make_feed, noise, pairs, shapes
+from convlearn.data import Batch, Stream, file, folder, load_image, make_feed, noise, pairs, shapes
 from convlearn.errors import ConvlearnError
+from convlearn.pipeline import run_experiment
 from convlearn.targets import Convolve, Pipeline
-from convlearn.training import Batch
-from train import train
 
 
 def test_shapes_is_a_bright_on_dark_image_in_unit_range():
@@ -119,7 +118,7 @@ def test_pairs_learn_the_filter_that_made_the_targets(make_cfg, tmp_path, patch_
         "data.batch_size=4", "model=linear", "model.kernel_size=3", "optimizer.lr=0.05", "trainer.steps=150",
         "trainer.val_every=50",
     )
-    summary = train(cfg, tmp_path / "run")
+    summary = run_experiment(cfg, tmp_path / "run").metrics
     with np.load(tmp_path / "run" / "kernels.npz", allow_pickle=False) as saved:
         learned = saved["conv_00"][:, :, 0, 0]
     assert np.abs(learned - BLUR).max() < 0.02, learned
@@ -270,7 +269,7 @@ def test_rgb_trains_with_shared_or_separate_kernels(make_cfg, tmp_path, kernels_
     write_rgb(tmp_path / "c.png")
     cfg = make_cfg("data=file", f"data.path={tmp_path}/c.png", "data.channels=rgb", f"data.kernels={kernels_mode}",
                    "target=laplacian", "model=linear", "model.kernel_size=3", "trainer.steps=3")
-    summary = train(cfg, tmp_path / "run")
+    summary = run_experiment(cfg, tmp_path / "run").metrics
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
     with np.load(tmp_path / "run" / "kernels.npz", allow_pickle=False) as saved:
         assert saved["conv_00"].shape == ((3, 3, 1, 1) if kernels_mode == "shared" else (3, 3, 3, 3))

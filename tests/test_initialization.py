@@ -6,11 +6,11 @@ import pytest
 import tensorflow as tf
 
 from convlearn.config import build
-from convlearn.data import shapes
+from convlearn.data import make_batch, shapes
 from convlearn.initialization import unit_variance
+from convlearn.pipeline import run_experiment
 from convlearn.targets import footprint_of
-from convlearn.training import Trainer, make_batch, seed_everything
-from train import train
+from convlearn.training import Trainer, seed_everything
 
 
 def seed_model_and_batch(cfg):
@@ -63,7 +63,7 @@ def test_resumed_run_keeps_its_trained_weights(make_cfg, tmp_path):
     np.save(tmp_path / "image.npy", shapes(40, 48, n_circles=3, n_squares=3, min_size=4, max_size=10))
     lsuv = ["trainer.init=lsuv", "logger.image_every=0", "data=file", f"data.path={tmp_path}/image.npy",
             "data.patch_size=24", "data.batch_size=2"]
-    whole = train(make_cfg(*lsuv, "trainer.steps=4"), tmp_path / "whole")
-    train(make_cfg(*lsuv, "trainer.steps=2"), tmp_path / "split")
-    resumed = train(make_cfg(*lsuv, "trainer.steps=4", "trainer.resume=true"), tmp_path / "split")
+    whole = run_experiment(make_cfg(*lsuv, "trainer.steps=4"), tmp_path / "whole").metrics
+    run_experiment(make_cfg(*lsuv, "trainer.steps=2"), tmp_path / "split")
+    resumed = run_experiment(make_cfg(*lsuv, "trainer.steps=4", "trainer.resume=true"), tmp_path / "split").metrics
     assert resumed["losses"] == whole["losses"]

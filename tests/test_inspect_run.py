@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import ROOT, TINY, load_script
 from convlearn.config import build
-from train import train
+from convlearn.pipeline import run_experiment
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +23,15 @@ def run(tmp_path_factory):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*TINY, "trainer.steps=3"])
     run_dir = tmp_path_factory.mktemp("run")
-    summary = train(cfg, run_dir)
+    summary = run_experiment(cfg, run_dir).metrics
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     return run_dir, summary, cfg
 
 
-def test_summary_png_is_written_with_every_run(run):
+def test_report_png_is_written_with_every_run(run):
     run_dir, _, _ = run
-    with Image.open(run_dir / "summary.png") as picture:
+    with Image.open(run_dir / "report.png") as picture:
         width, height = picture.size
         colours = len(set(picture.convert("RGB").getdata()))
     assert (width, height) == (16 * 80, 8 * 80)

@@ -14,12 +14,12 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import ROOT, TINY
 from convlearn.config import build
+from convlearn.data import make_batch
 from convlearn.logs import TensorBoardLogger, effective_kernels, hparams_from_config, write_histogram
 from convlearn.models import linear, sequential
-from convlearn.training import make_batch
-from train import train
+from convlearn.pipeline import run_experiment
 
-OVERRIDES = ["optimizer.lr=3e-3", "model=seed", "data.height=40"]
+OVERRIDES = ["optimizer.lr=3e-3", "model=notebook", "data.height=40"]
 PICTURE_STEPS = [0, 5, 10, 12]
 
 
@@ -44,15 +44,15 @@ def png(event):
 
 
 @pytest.fixture(scope="module")
-def seed_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("seed_run")
-    summary = train(compose_cfg(*OVERRIDES), run_dir, OVERRIDES)
+def notebook_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("notebook_run")
+    summary = run_experiment(compose_cfg(*OVERRIDES), run_dir, OVERRIDES).metrics
     accumulator, events = read_events(run_dir / "tb")
     return run_dir, summary, accumulator, events
 
 
-def test_scalars_include_rel_mse_psnr_and_speed(seed_run):
-    run_dir, summary, _, events = seed_run
+def test_scalars_include_rel_mse_psnr_and_speed(notebook_run):
+    run_dir, summary, _, events = notebook_run
     steps = list(range(0, 12, 2))
     for tag in ["loss", "grad_norm", "learning_rate", "rel_mse", "psnr_db"]:
         assert [e.step for e in events[tag]] == steps, tag
@@ -73,15 +73,15 @@ def test_scalars_include_rel_mse_psnr_and_speed(seed_run):
     assert events["final/loss"][0].step == 12
 
 
-def test_pictures_at_start_every_n_and_end(seed_run):
-    _, _, _, events = seed_run
+def test_pictures_at_start_every_n_and_end(notebook_run):
+    _, _, _, events = notebook_run
     picture_tags = ["prediction", "kernels/effective"] + [f"kernels/conv_{i:02d}" for i in range(13)]
     picture_tags += [f"activations/conv_{i:02d}" for i in range(13)]
     for tag in picture_tags:
         assert [e.step for e in events[tag]] == PICTURE_STEPS, tag
 
     panel = png(events["prediction"][-1])
-    # 40x48 image, seed model and edge_blur both shrink by 21: four 19x27 panels with 4-px gaps.
+    # 40x48 image, notebook model and edge_blur both shrink by 21: four 19x27 panels with 4-px gaps.
     assert panel.shape == (19, 4 * 27 + 3 * 4, 3)
     assert len(np.unique(panel.reshape(-1, 3), axis=0)) > 50  # colour-mapped, not a few grey levels
     first_layer = png(events["activations/conv_00"][0])
@@ -91,8 +91,8 @@ def test_pictures_at_start_every_n_and_end(seed_run):
     assert not np.array_equal(png(events["kernels/conv_00"][0]), png(events["kernels/conv_00"][-1]))
 
 
-def test_histograms_of_weights_and_gradients_per_layer(seed_run):
-    _, _, _, events = seed_run
+def test_histograms_of_weights_and_gradients_per_layer(notebook_run):
+    _, _, _, events = notebook_run
     for layer in ["conv_00", "conv_12"]:
         for kind in ["weights", "gradients"]:
             for name in ["kernel", "bias"]:
@@ -121,8 +121,8 @@ def test_histogram_buckets_count_the_finite_values_between_their_extremes(tmp_pa
     assert diverged[:, 2].sum() == 2 and (diverged[0, 0], diverged[-1, 1]) == (1.0, 3.0)
 
 
-def test_config_text_and_hparams(seed_run):
-    _, _, accumulator, events = seed_run
+def test_config_text_and_hparams(notebook_run):
+    _, _, accumulator, events = notebook_run
     config = tf.make_ndarray(events["config"][0].tensor_proto).item().decode()
     assert "optimizer:" in config and "lr: 0.003" in config
 
@@ -131,7 +131,7 @@ def test_config_text_and_hparams(seed_run):
     hparams = {name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
                for name, value in session.hparams.items()}
     assert hparams == {
-        "model": "seed", "target": "edge_blur", "optimizer": "Adam", "lr": pytest.approx(3e-3),
+        "model": "notebook", "target": "edge_blur", "optimizer": "Adam", "lr": pytest.approx(3e-3),
         "steps": 12, "seed": 0, "optimizer.lr": pytest.approx(3e-3), "data.height": 40,
     }
     content = accumulator.SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content

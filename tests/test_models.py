@@ -9,8 +9,8 @@ from convlearn.kernels import edge_horizontal, edge_vertical, gaussian_273
 from convlearn.targets import Combine, Convolve, Pipeline, Repeat
 
 
-def test_seed_model_is_the_notebooks_13_layers():
-    model = models.seed()
+def test_notebook_model_is_the_notebooks_13_layers():
+    model = models.notebook()
     layers = models.conv_layers(model)
     assert len(layers) == 13
     assert [l.filters for l in layers] == [2, 100, 1] + [4] * 9 + [1]
@@ -35,13 +35,13 @@ def test_linear_model_is_one_kernel_without_activation():
 
 
 def test_layer_names_are_stable_across_builds():
-    assert [l.name for l in models.conv_layers(models.seed())] == [f"conv_{i:02d}" for i in range(13)]
-    assert [l.name for l in models.conv_layers(models.seed())] == [f"conv_{i:02d}" for i in range(13)]
+    assert [l.name for l in models.conv_layers(models.notebook())] == [f"conv_{i:02d}" for i in range(13)]
+    assert [l.name for l in models.conv_layers(models.notebook())] == [f"conv_{i:02d}" for i in range(13)]
 
 
 def test_yaml_sequential_builds_the_notebooks_model(make_cfg):
     model = build(make_cfg("model=sequential"), "model")
-    notebook = models.seed()
+    notebook = models.notebook()
     assert model.count_params() == 1672
     assert [l.kernel.shape for l in models.conv_layers(model)] == [l.kernel.shape for l in models.conv_layers(notebook)]
     assert [l.activation for l in models.conv_layers(model)] == [keras.activations.elu] * 13
@@ -122,7 +122,7 @@ def test_auto_sizes_line_the_model_up_with_the_target() -> None:
     edge_blur = geometry.chain([geometry.conv((2, 2)), geometry.conv((5, 5))])  # centres on half pixels
     mixed = geometry.conv((3, 4))
     for target, edge in [(odd_kernel, (3, 3)), (edge_blur, (2, 2)), (mixed, (3, 2))]:
-        model = models.seed(edge_size="auto", target=target)
+        model = models.notebook(edge_size="auto", target=target)
         assert tuple(models.conv_layers(model)[0].kernel_size) == edge
         geometry.align(models.footprint(model), target, (60, 60))  # raises if half a pixel apart
         head = models.conv_layers(models.can(depth=3, width=2, head_kernel_size="auto", target=target))[-1]
@@ -133,7 +133,7 @@ def test_auto_sizes_line_the_model_up_with_the_target() -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: models.seed(edge_size="auto"), "model 'seed': kernel_size auto needs the target's footprint"),
+        (lambda: models.notebook(edge_size="auto"), "model 'notebook': kernel_size auto needs the target's footprint"),
         (lambda: models.linear("auto", target=geometry.Footprint()), "model.kernel_size: auto takes the target"),
         (
             lambda: models.sequential([{"filters": 1, "kernel_size": "auto"}] * 2, target=geometry.Footprint()),

@@ -23,7 +23,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 from hydra import compose, initialize_config_dir
 from convlearn.config import build
-from convlearn.training import make_batch, seed_everything
+from convlearn.data import make_batch
+from convlearn.training import seed_everything
 
 with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
     cfg = compose(config_name="train", overrides=sys.argv[2:])
@@ -53,6 +54,7 @@ print(json.dumps({"single": fit(None), "mirrored": fit("mirrored")}))
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_matches_one_device_on_the_same_batch():
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(ROOT / "configs"), *TINY, "trainer.steps=4", "optimizer.lr=3e-3"],

@@ -33,9 +33,10 @@ def metrics(job_dir):
     return json.loads((job_dir / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_grid_sweep_runs_every_job_and_the_report_ranks_them(tmp_path):
     sweep_dir = tmp_path / "grid"
-    sweep(sweep_dir, "optimizer.lr=1e-3,3e-3", "model=seed,linear")
+    sweep(sweep_dir, "optimizer.lr=1e-3,3e-3", "model=notebook,linear")
 
     jobs = sorted(path for path in sweep_dir.iterdir() if path.is_dir())
     assert [job.name for job in jobs] == ["0", "1", "2", "3"]
@@ -66,6 +67,7 @@ def test_grid_sweep_runs_every_job_and_the_report_ranks_them(tmp_path):
         assert (sweep_dir / f"objective_vs_{name}.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_parallel_sweep_survives_a_diverging_job_and_a_user_mistake(tmp_path):
     sweep_dir = tmp_path / "bad"
     result = sweep(sweep_dir, "hydra/launcher=parallel", "optimizer.lr=1e-3,1e9", "data.height=40,15")
@@ -81,9 +83,10 @@ def test_parallel_sweep_survives_a_diverging_job_and_a_user_mistake(tmp_path):
     assert f"TensorFlow uses {expected} thread(s) per pool" in (sweep_dir / "0" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_optuna_search_finds_the_best_of_its_trials(tmp_path):
     sweep_dir = tmp_path / "optuna"
-    sweep(sweep_dir, "hparams_search=seed_optuna", "hydra.sweeper.n_trials=3")
+    sweep(sweep_dir, "hparams_search=notebook_optuna", "hydra.sweeper.n_trials=3")
 
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert set(best.best_params) == {"optimizer.lr", "model.width", "model.blur_layers", "model.activation"}

@@ -12,8 +12,8 @@ from convlearn.data import shapes
 from convlearn.errors import ConvlearnError
 from conftest import ROOT
 from convlearn.config import build
+from convlearn.pipeline import run_experiment
 from convlearn.targets import Combine, Convolve, Pipeline, Pointwise, Repeat, compose_kernels, template
-from train import train
 
 PRESETS = sorted(p.stem for p in (ROOT / "configs" / "target").glob("*.yaml"))
 
@@ -172,7 +172,7 @@ def test_every_preset_trains_with_the_default_model(make_cfg, tmp_path, preset):
     cfg = make_cfg(f"target={preset}", "trainer.steps=2")
     target = build(cfg, "target")
     assert target.name == preset
-    summary = train(cfg, tmp_path)
+    summary = run_experiment(cfg, tmp_path).metrics
     assert summary["steps"] == 2 and all(np.isfinite(summary["losses"])) and summary["losses"][0] > 0
     assert json.loads((tmp_path / "metrics.json").read_text())["final_loss"] == summary["final_loss"]
     first_layer = np.load(tmp_path / "kernels.npz", allow_pickle=False)["conv_00"]

@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, TINY
-from train import train
+from convlearn.pipeline import run_experiment
 
 RUN = "tb"  # TensorBoard names runs by their directory under --logdir
 OVERRIDES = ["model=linear", "optimizer.lr=3e-3"]
@@ -50,10 +50,11 @@ def wait_for(server: subprocess.Popen, base: str, route: str, ready, log) -> dic
     pytest.fail(f"tensorboard did not serve {route} within {DEADLINE_SECONDS} s")
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_the_runs_scalars_images_and_hparams(tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*TINY, *OVERRIDES])
-    summary = train(cfg, tmp_path, OVERRIDES)
+    summary = run_experiment(cfg, tmp_path, OVERRIDES).metrics
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -8,7 +8,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY, run_main
-from train import train
+from convlearn.pipeline import run_experiment
 
 
 def read_events(log_dir):
@@ -17,10 +17,10 @@ def read_events(log_dir):
     return {tag: events.Tensors(tag) for tag in events.Tags()["tensors"]}
 
 
-@pytest.mark.parametrize("model", ["seed", "linear"])
+@pytest.mark.parametrize("model", ["notebook", "linear"])
 def test_short_run_lowers_the_loss_and_writes_the_run_dir(make_cfg, tmp_path, model):
     cfg = make_cfg(f"model={model}", "trainer.steps=30", "optimizer.lr=3e-3")
-    summary = train(cfg, tmp_path)
+    summary = run_experiment(cfg, tmp_path).metrics
 
     assert summary["final_loss"] < summary["losses"][0]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -32,7 +32,7 @@ def test_short_run_lowers_the_loss_and_writes_the_run_dir(make_cfg, tmp_path, mo
     with np.load(tmp_path / "kernels.npz", allow_pickle=False) as saved:
         assert "conv_00" in saved.files
         # linear's kernel_size auto is edge_blur's receptive field
-        assert saved["conv_00"].shape == ((2, 2, 1, 2) if model == "seed" else (22, 22, 1, 1))
+        assert saved["conv_00"].shape == ((2, 2, 1, 2) if model == "notebook" else (22, 22, 1, 1))
     assert (tmp_path / "model.keras").is_file()
 
     events = read_events(tmp_path / "tb")
@@ -54,6 +54,7 @@ def test_overrides_reach_the_objects(make_cfg):
     assert build(cfg, "target").footprint.shrink == (1 + 2 * 4,) * 2
 
 
+@pytest.mark.slow
 def test_user_mistakes_fail_with_one_line_and_no_traceback(tmp_path, monkeypatch, capsys, caplog):
     # train.py's command line in this process (test_validation also runs a real `python train.py`):
     # main() turns each mistake into the one line Python prints before exiting 1. Hydra leaves

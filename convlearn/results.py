@@ -67,14 +67,19 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_kernels(path: Path, model: keras.Model) -> None:
-    """Every conv layer's kernel (and bias, if any) in one ``.npz``, keyed by layer name."""
+def kernel_arrays(model: keras.Model) -> dict[str, np.ndarray]:
+    """Every conv layer's kernel (and bias, if any), keyed by layer name (``conv_00.bias``)."""
     arrays = {}
     for layer in conv_layers(model):
         arrays[layer.name] = np.asarray(layer.kernel.numpy())
         if layer.use_bias:
             arrays[f"{layer.name}.bias"] = np.asarray(layer.bias.numpy())
-    np.savez(path, **arrays)
+    return arrays
+
+
+def save_kernels(path: Path, model: keras.Model) -> None:
+    """:func:`kernel_arrays` in one ``.npz``."""
+    np.savez(path, **kernel_arrays(model))
 
 
 def save_run(run_dir: Path, model: keras.Model, summary: dict) -> None:

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, run_main
 from convlearn.errors import ConvlearnError
-from convlearn.validation import validate
-from train import train
+from convlearn.config_checks import validate
+from convlearn.pipeline import run_experiment
 
 TRAINER_KEYS = "checkpoint_every, deterministic, init, jit_compile, keep_checkpoints, on_nonfinite, precision, progress, resume, seed, steps, strategy, threads, val_every"
 
@@ -59,9 +59,24 @@ def test_missing_values_and_required_arguments_are_named():
     assert str(caught.value) == "data.path: missing; convlearn.data.load_image needs it (add data.path=...)"
 
 
-def test_the_shipped_configs_are_valid(make_cfg):
-    for overrides in [(), ("model=linear", "optimizer=sgd"), ("experiment=seed_notebook",)]:
-        validate(make_cfg(*overrides))
+# What an option needs besides itself to be a whole config: the paths a user gives.
+NEEDS = {"data=file": ["data.path=img.npy"], "data=folder": ["data.path=images"],
+         "data=pairs": ["data.inputs=before", "data.targets=after"]}
+
+
+def shipped_options() -> list[str]:
+    """``group=option`` for every file in configs/ (Hydra's own settings under configs/hydra aside)."""
+    groups = [folder for folder in sorted((ROOT / "configs").iterdir()) if folder.is_dir() and folder.name != "hydra"]
+    return [f"{group.name}={option.stem}" for group in groups for option in sorted(group.glob("*.yaml"))]
+
+
+def test_every_shipped_config_composes_and_is_valid():
+    options = shipped_options()
+    assert {"model=notebook", "experiment=notebook", "hparams_search=notebook_optuna", "debug=tiny"} <= set(options)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        validate(compose(config_name="train"))
+        for option in options:
+            validate(compose(config_name="train", overrides=[option, *NEEDS.get(option, [])]))
 
 
 def file_cfg(path):
@@ -114,27 +129,27 @@ def test_bad_inputs_fail_before_training_and_leave_the_run_dir_empty(tmp_path, m
     for name, message in input_cases(tmp_path).items():
         run_dir = tmp_path / f"run-{name}"
         with pytest.raises(ConvlearnError) as caught:
-            train(file_cfg(tmp_path / name), run_dir)
+            run_experiment(file_cfg(tmp_path / name), run_dir)
         assert str(caught.value) == message
         assert not run_dir.exists()
 
 
 def test_kernel_larger_than_the_image_is_refused(make_cfg, tmp_path):
     with pytest.raises(ConvlearnError) as caught:
-        train(make_cfg("model=linear", "model.kernel_size=50"), tmp_path / "run")
+        run_experiment(make_cfg("model=linear", "model.kernel_size=50"), tmp_path / "run")
     assert str(caught.value) == "image is too small for the model: 40x48 pixels, but the model's receptive field is 50x50"
     assert not (tmp_path / "run").exists()
 
 
 def test_a_run_dir_is_never_shared_and_resume_needs_a_checkpoint(make_cfg, tmp_path):
-    train(make_cfg("model=linear", "trainer.steps=2"), tmp_path)  # the cheapest model: any run claims its dir
+    run_experiment(make_cfg("model=linear", "trainer.steps=2"), tmp_path)  # the cheapest model: any run claims its dir
     with pytest.raises(ConvlearnError) as caught:
-        train(make_cfg("model=linear", "trainer.steps=2"), tmp_path)
+        run_experiment(make_cfg("model=linear", "trainer.steps=2"), tmp_path)
     assert str(caught.value) == (
         f"hydra.run.dir: {tmp_path} already holds a run; continue it with trainer.resume=true or pick a new directory"
     )
     with pytest.raises(ConvlearnError) as caught:
-        train(make_cfg("trainer.resume=true"), tmp_path / "never-ran")
+        run_experiment(make_cfg("trainer.resume=true"), tmp_path / "never-ran")
     assert str(caught.value) == (
         f"trainer.resume=true: no checkpoint in {tmp_path}/never-ran/checkpoints; "
         "pass hydra.run.dir=<the directory of the run to resume>"
@@ -148,6 +163,7 @@ def run_train_py(*args, cwd):
     )
 
 
+@pytest.mark.slow
 def test_cli_prints_the_message_without_a_traceback(tmp_path):
     result = run_train_py("optimizer.lr=-1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 1
@@ -156,13 +172,13 @@ def test_cli_prints_the_message_without_a_traceback(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "tb").exists()
 
 
-MODELS = "can, deep_linear, edge_blur_structured, linear, seed, sequential"
+MODELS = "can, deep_linear, edge_blur_structured, linear, notebook, sequential"
 NEW_KEY = "no such key in the config (add it with +{0}=... if it is meant to be new)"
 
 # Mistakes Hydra finds while composing the config, before convlearn's code runs: override -> the exact line.
 COMPOSE_CASES = {
     "model=bogus": f"model=bogus: no such option; model is one of {MODELS}",
-    "experiment=nope": "experiment=nope: no such option; experiment is one of fast, recover_kernel, seed_notebook",
+    "experiment=nope": "experiment=nope: no such option; experiment is one of fast, notebook, recover_kernel",
     "optimizer=bogus": "optimizer=bogus: no such option; optimizer is one of adam, gd, sgd",
     "hydra/launcher=nope": (
         "hydra/launcher=nope: no such option; hydra/launcher is one of basic, joblib, parallel, ray_cluster, "
@@ -209,6 +225,7 @@ CLI_COMPOSE_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", CLI_COMPOSE_CASES.items(), ids=[" ".join(k) for k in CLI_COMPOSE_CASES])
 def test_cli_composition_mistake_prints_one_line_without_a_traceback(args, message, tmp_path):
     result = run_train_py(*args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
@@ -217,6 +234,7 @@ def test_cli_composition_mistake_prints_one_line_without_a_traceback(args, messa
     assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_composition_mistake_is_reported_before_tensorflow_loads(tmp_path):
     # TensorFlow takes seconds to import; a typo on the command line should not wait for it.
     command = [sys.executable, "-X", "importtime", str(ROOT / "train.py"), "model=bogus", f"hydra.run.dir={tmp_path}"]
@@ -240,7 +258,7 @@ def test_a_picture_too_large_to_decode_safely_is_refused(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((40, 48), np.uint8)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # as if the picture had billions of pixels
     with pytest.raises(ConvlearnError) as caught:
-        train(file_cfg(tmp_path / "bomb.png"), tmp_path / "run")
+        run_experiment(file_cfg(tmp_path / "bomb.png"), tmp_path / "run")
     assert str(caught.value) == (
         f"data.path: cannot read image {tmp_path}/bomb.png: Image size (1920 pixels) exceeds limit of 200 pixels, "
         "could be decompression bomb DOS attack."

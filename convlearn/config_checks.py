@@ -52,11 +52,11 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "checkpoint_every": at_least(0),
         "keep_checkpoints": at_least(1),
     },
-    "convlearn.optim.build": {"lr": above(0), "decay_steps": at_least(1), "warmup_steps": at_least(0)},
+    "convlearn.optim.make_optimizer": {"lr": above(0), "decay_steps": at_least(1), "warmup_steps": at_least(0)},
     "convlearn.data.shapes": {"noise": at_least(0)},
     "convlearn.data.noise": {"std": above(0)},
     "convlearn.models.linear": {"kernel_size": at_least(1)},
-    "convlearn.models.seed": {
+    "convlearn.models.notebook": {
         "edge_filters": at_least(1), "width": at_least(1), "blur_layers": at_least(0), "blur_filters": at_least(1),
     },
     "convlearn.logs.TensorBoardLogger": {"scalar_every": at_least(1), "image_every": at_least(0)},
