@@ -28,7 +28,8 @@ import tensorflow as tf
 
 from convlearn.errors import ConvlearnError
 from convlearn.geometry import Crops
-from convlearn.training import Batch, History, StepLogger, Trainer
+from convlearn.data import Batch
+from convlearn.training import History, StepLogger, Trainer
 
 # Sufficient decrease (Armijo) constant and the line search's shrink factor per rejected trial.
 ARMIJO = 1e-4

@@ -10,12 +10,12 @@ from scipy.ndimage import gaussian_filter
 
 from conftest import tiny_cfg
 from convlearn.config import build
-from convlearn.data import shapes
+from convlearn.data import make_batch, shapes
 from convlearn.errors import ConvlearnError
+from convlearn.pipeline import run_experiment
 from convlearn.quasi_newton import LBFGS, QuasiNewtonState
 from convlearn.targets import footprint_of
-from convlearn.training import make_batch, seed_everything
-from train import train
+from convlearn.training import seed_everything
 
 VECTORS = arrays(np.float64, 6, elements=st.floats(-10, 10))
 
@@ -95,12 +95,12 @@ def test_recover_kernel_learns_the_gaussian_without_a_step_size_on_any_image(tmp
     source = photo if data == "photo" else ["data=noise", "data.height=40", "data.width=48"]
     common = ["experiment=recover_kernel", *source, "logger.image_every=0", "trainer.progress=false"]
     common.append("trainer.steps=300")
-    summary = train(tiny_cfg(*common), tmp_path / "lbfgs")
+    summary = run_experiment(tiny_cfg(*common), tmp_path / "lbfgs").metrics
     assert summary["status"] == "completed" and summary["steps"] == 300
     assert summary["kernel_rel_error"] < 1e-2
     assert all(b <= a for a, b in zip(summary["losses"], summary["losses"][1:]))
     if data == "photo":
-        gd = train(tiny_cfg(*common, "trainer=default", "trainer.steps=40"), tmp_path / "gd")
+        gd = run_experiment(tiny_cfg(*common, "trainer=default", "trainer.steps=40"), tmp_path / "gd").metrics
         assert gd["status"] == "failed"
 
 
@@ -111,7 +111,7 @@ def test_lbfgs_refuses_random_patches_and_bad_settings(tmp_path):
         "data.patch_size=32",
     )
     with pytest.raises(ConvlearnError, match="trainer=lbfgs: L-BFGS needs the same full batch"):
-        train(patches, tmp_path / "run")
+        run_experiment(patches, tmp_path / "run")
     with pytest.raises(ConvlearnError, match="trainer.memory"):
         LBFGS(memory=0)
     with pytest.raises(ConvlearnError, match="trainer.jit_compile"):
