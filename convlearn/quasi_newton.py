@@ -117,6 +117,7 @@ class LBFGS(Trainer):
         threads: tuple[int, int] | None = None,
         jit_compile: bool = False,
         init: Literal["keras", "lsuv"] = "keras",
+        steps_per_call: int = 1,
         memory: int = 10,
         max_evaluations: int = 20,
     ) -> None:
@@ -129,7 +130,7 @@ class LBFGS(Trainer):
         super().__init__(
             steps=steps, seed=seed, progress=progress, deterministic=deterministic, val_every=val_every,
             on_nonfinite=on_nonfinite, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-            resume=resume, threads=threads, jit_compile=jit_compile, init=init,
+            resume=resume, threads=threads, jit_compile=jit_compile, init=init, steps_per_call=steps_per_call,
         )
         self.memory = memory
         self.max_evaluations = max_evaluations

@@ -104,6 +104,9 @@ class Trainer:
     steps on the first batch and trains with the faster (:func:`convlearn.perf.fastest_step`).
     ``init="lsuv"`` rescales the model's kernels on the first training batch before the first
     step (:func:`convlearn.initialization.unit_variance`); ``"keras"`` keeps the layers' own.
+    ``steps_per_call`` runs that many steps in one compiled call (:func:`compiled_chunk`), so the
+    host waits for the device once per call instead of after every step; a call ends early at a
+    step the logger draws pictures after, validation, or a checkpoint, so they see that step's model.
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class Trainer:
         threads: tuple[int, int] | None = None,
         jit_compile: bool | Literal["auto"] = False,
         init: Literal["keras", "lsuv"] = "keras",
+        steps_per_call: int = 1,
     ) -> None:
         # First, before any op and before the model is built: both are fixed from then on.
         set_threads(threads)
@@ -137,6 +141,7 @@ class Trainer:
         self.resume = resume
         self.jit_compile = jit_compile
         self.init = init
+        self.steps_per_call = steps_per_call
         # For data pipelines that draw at random: checkpointed with the model, so a resumed run
         # draws what the uninterrupted run would have drawn.
         self.rng = tf.random.Generator.from_seed(seed)
@@ -145,6 +150,10 @@ class Trainer:
         if jit_compile is True and self.distribution is not None:
             raise ConvlearnError(
                 "trainer.jit_compile: XLA compiles the single-device step only; drop trainer.strategy or jit_compile"
+            )
+        if steps_per_call < 1 or (steps_per_call > 1 and self.distribution is not None):
+            raise ConvlearnError(
+                f"trainer.steps_per_call: must be >= 1, and 1 with trainer.strategy, got {steps_per_call}"
             )
 
     def scope(self) -> contextlib.AbstractContextManager:
@@ -188,36 +197,75 @@ class Trainer:
             )
         else:
             (history.jit_compile,) = candidates
-        step_fn = candidates[history.jit_compile]
+        chunk = compiled_chunk(
+            candidates[history.jit_compile], optimizer, self.steps_per_call, isinstance(batch, Batch),
+            stop_on_nonfinite=self.on_nonfinite == "stop", jit_compile=history.jit_compile,
+        )
         bar = tqdm(
             range(history.steps, self.steps), initial=history.steps, total=self.steps,
             desc="training", disable=not self.progress, mininterval=0.5, leave=False,
         )
+        stops = self._stops(bool(validation), checkpoints is not None, getattr(logger, "image_every", 0))
         start = time.perf_counter()
-        steps = _until_signal(bar, history)
-        for step in steps:
-            loss, grad_norm, finite = step_fn(*next(feed))
-            loss, grad_norm = float(loss), float(grad_norm)
-            if not self._guard(step, bool(finite), loss, grad_norm, history):
+        calls = _until_signal(self._calls(history.steps, stops), history)
+        for first_step, count in calls:
+            if not self._run_call(chunk, feed, first_step, count, history, model, logger, validation, checkpoints):
                 break
-            history.losses.append(loss)
-            history.grad_norms.append(grad_norm)
-            if logger is not None:
-                scalars = {"loss": loss, "grad_norm": grad_norm, "learning_rate": current_lr(optimizer)}
-                logger.on_step(step, scalars, model)
-            if validation and ((step + 1) % self.val_every == 0 or step + 1 == self.steps):
-                val_loss = validation_loss(model, validation)
-                history.val_losses.append((step + 1, val_loss))
-                if logger is not None:
-                    logger.scalars(step + 1, {"val_loss": val_loss})
-            self._checkpoint(checkpoints, history, every=self.checkpoint_every)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
-        steps.close()
+            bar.update(count)
+            bar.set_postfix(loss=f"{history.losses[-1]:.3e}", refresh=False)
+        calls.close()
         history.wall_seconds = time.perf_counter() - start
         bar.close()
         self._checkpoint(checkpoints, history, every=1)
         return history
+
+    def _stops(self, validation: bool, checkpoints: bool, image_every: int) -> Callable[[int], bool]:
+        """Whether a call must end after ``done`` steps: the host then needs that step's model
+        (pictures after step 0 and every ``image_every``, validation, a checkpoint)."""
+
+        def stop(done: int) -> bool:
+            return (
+                done == 1
+                or (image_every > 0 and (done - 1) % image_every == 0)
+                or (validation and done % self.val_every == 0)
+                or (checkpoints and self.checkpoint_every > 0 and done % self.checkpoint_every == 0)
+            )
+
+        return stop
+
+    def _calls(self, done: int, stop: Callable[[int], bool]) -> Iterator[tuple[int, int]]:
+        """``(first step, steps)`` of each compiled call: ``steps_per_call`` steps, fewer before a stop."""
+        while done < self.steps:
+            count = 1
+            while count < self.steps_per_call and done + count < self.steps and not stop(done + count):
+                count += 1
+            yield done, count
+            done += count
+
+    def _run_call(
+        self, chunk: Callable, feed: Iterator, first_step: int, count: int, history: History, model: keras.Model,
+        logger: StepLogger | None, validation: Sequence[Batch], checkpoints: Checkpoints | None,
+    ) -> bool:
+        """Run ``count`` steps in one call and record them as if run one by one; False when the run must stop."""
+        batches = [next(feed) for _ in range(count)]
+        losses, grad_norms, finite, rates = (values.numpy() for values in chunk(batches))
+        for step, loss, grad_norm, ok, rate in zip(range(first_step, first_step + count), losses, grad_norms,
+                                                   finite, rates):
+            loss, grad_norm = float(loss), float(grad_norm)
+            if not self._guard(step, bool(ok), loss, grad_norm, history):
+                return False
+            history.losses.append(loss)
+            history.grad_norms.append(grad_norm)
+            if logger is not None:
+                logger.on_step(step, {"loss": loss, "grad_norm": grad_norm, "learning_rate": float(rate)}, model)
+        step = first_step + count - 1
+        if validation and ((step + 1) % self.val_every == 0 or step + 1 == self.steps):
+            val_loss = validation_loss(model, validation)
+            history.val_losses.append((step + 1, val_loss))
+            if logger is not None:
+                logger.scalars(step + 1, {"val_loss": val_loss})
+        self._checkpoint(checkpoints, history, every=self.checkpoint_every)
+        return True
 
     def _steps(
         self, model: keras.Model, optimizer: keras.optimizers.Optimizer, crops: Crops
@@ -272,12 +320,54 @@ def compiled_step(
     return step
 
 
-def _until_signal(steps: Iterable[int], history: History) -> Iterator[int]:
-    """Yield ``steps`` until Ctrl-C (or SIGTERM) arrives, then mark ``history`` interrupted.
+def compiled_chunk(
+    step: Callable, optimizer: object, size: int, same_batch: bool, stop_on_nonfinite: bool, jit_compile: bool = False
+) -> Callable[[list[tuple[tf.Tensor, tf.Tensor]]], tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]]:
+    """Up to ``size`` training ``step``s in one compiled call: takes the steps' ``(inputs, targets)``
+    batches and returns per step the loss, gradient norm, whether both were finite, and the
+    learning rate after it (what the logger shows). With ``stop_on_nonfinite`` the call ends at
+    the first non-finite step (whose update the step did not apply). ``same_batch``: full-frame
+    training, the one batch is passed once instead of stacked per step. One step per call is
+    ``step`` itself, with the learning rate read after it."""
+    if size == 1:
 
-    The signal only sets a flag that is read between steps, so the checkpoint saved next is
+        def single(batches: list[tuple[tf.Tensor, tf.Tensor]]) -> tuple[tf.Tensor, ...]:
+            loss, grad_norm, finite = step(*batches[0])
+            rate = tf.constant([current_lr(optimizer)])
+            return tf.reshape(loss, [1]), tf.reshape(grad_norm, [1]), tf.reshape(finite, [1]), rate
+
+        return single
+
+    @tf.function(jit_compile=jit_compile)
+    def run(inputs: tf.Tensor, targets: tf.Tensor, count: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        results = [tf.TensorArray(dtype, size=0, dynamic_size=True) for dtype in (tf.float32, tf.float32, tf.bool,
+                                                                                   tf.float32)]
+        for i in tf.range(count):
+            loss, grad_norm, finite = step(inputs if same_batch else inputs[i], targets if same_batch else targets[i])
+            rate = tf.cast(optimizer.learning_rate, tf.float32)
+            results = [array.write(i, value) for array, value in zip(results, (loss, grad_norm, finite, rate))]
+            if stop_on_nonfinite and not finite:
+                break
+        return tuple(array.stack() for array in results)
+
+    def chunk(batches: list[tuple[tf.Tensor, tf.Tensor]]) -> tuple[tf.Tensor, ...]:
+        count = tf.constant(len(batches))
+        if same_batch:
+            return run(*batches[0], count)
+        # Padded to ``size`` with the last batch (never trained on), so every call has one shape.
+        padded = batches + batches[-1:] * (size - len(batches))
+        return run(tf.stack([b[0] for b in padded]), tf.stack([b[1] for b in padded]), count)
+
+    return chunk
+
+
+def _until_signal(calls: Iterable[tuple[int, int]], history: History) -> Iterator[tuple[int, int]]:
+    """Yield ``(first step, steps)`` calls until Ctrl-C (or SIGTERM) arrives, then mark ``history``
+    interrupted at the next call's first step.
+
+    The signal only sets a flag that is read between calls, so the checkpoint saved next is
     consistent; a second Ctrl-C interrupts at once. Handlers can only be installed from the main
-    thread; elsewhere the steps are passed through.
+    thread; elsewhere the calls are passed through.
     """
     received: list[int] = []
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -291,11 +381,11 @@ def _until_signal(steps: Iterable[int], history: History) -> Iterator[int]:
         for sig in previous:
             signal.signal(sig, request)
     try:
-        for step in steps:
+        for call in calls:
             if received:
-                history.stop("interrupted", step, "interrupted by a signal (Ctrl-C)")
+                history.stop("interrupted", call[0], "interrupted by a signal (Ctrl-C)")
                 return
-            yield step
+            yield call
     finally:
         if main_thread:
             for sig, handler in previous.items():

@@ -65,6 +65,7 @@ THREAD_SWEEP_STEPS = 100
 IN_TURN_ROUNDS, IN_TURN_CHUNK = 5, 30
 FIT_EXECUTION = 10  # steps_per_execution of the second Keras fit loop
 SEEDS = 5  # seeds 0..4 of every preset, for its time to the notebook's quality
+PARTS = ("rows", "turns", "seeds")
 PRESETS = {"experiment=fast": ["experiment=fast"]}
 NOTEBOOK = "notebook loop"  # the reference every other row is measured against
 ROW_FIELDS = ("name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook_quality", "peak_mem_mb")
@@ -461,7 +462,14 @@ def benchmark(args: argparse.Namespace) -> dict:
     steps = args.steps or (QUICK_STEPS if args.quick else 500)
     args.seeds = args.seeds or (1 if args.quick else SEEDS)
     info = machine()
-    loops = main_rows(data, steps, info["bf16"], args.quick, args.rows)
+    parts = set(args.parts or (["rows"] if args.rows else PARTS))
+    every = main_rows(data, steps, info["bf16"], args.quick)
+    # The notebook loop is every row's reference; the seeds part also needs its presets' rows.
+    wanted = set()
+    if "rows" in parts:
+        wanted |= {name for name, _ in main_rows(data, steps, info["bf16"], args.quick, args.rows)}
+    wanted |= {NOTEBOOK, *PRESETS} if "seeds" in parts else set()
+    loops = [(name, spec) for name, spec in every if name in wanted]
     matmul = perf.matmul_gflops(256 if args.quick else 1024)
     report: dict = {
         "machine": {**info, "matmul_gflops_float32": matmul}, "image": args.image or "generated", "steps": steps
@@ -479,9 +487,10 @@ def benchmark(args: argparse.Namespace) -> dict:
         rows.append(row)
         print(_line(row), flush=True)
     report["rows"] = rows
-    if not args.rows:  # a partial run (--rows) leaves the loops in turns and the seeds out
-        report["in_turn"] = in_turns(data, args.quick, isolated)
+    if "turns" in parts:
+        report["in_turn"] = in_turns(data, args.quick, isolated, args.rounds)
         report["logging"] = report["in_turn"].pop("logging")
+    if "seeds" in parts:
         report["presets"] = {
             name: preset_seeds(name, dict(loops)[name], rows, notebook, args.seeds, isolated, matmul)
             for name in PRESETS
@@ -506,9 +515,10 @@ def thread_sweep(data: list[str], steps: int, quick: bool) -> dict:
     return {"results": sweep, "best": best["threads"]}
 
 
-def in_turns(data: list[str], quick: bool, isolated: bool) -> dict:
+def in_turns(data: list[str], quick: bool, isolated: bool, rounds: int | None = None) -> dict:
     """The loops' speeds measured in turns in one process (see :func:`_in_turns`), and their ratios."""
-    rounds, chunk = (2, QUICK_STEPS // 2) if quick else (IN_TURN_ROUNDS, IN_TURN_CHUNK)
+    default_rounds, chunk = (2, QUICK_STEPS // 2) if quick else (IN_TURN_ROUNDS, IN_TURN_CHUNK)
+    rounds = rounds or default_rounds
     spec = {"name": "in turns", "kind": "in_turn", "rounds": rounds, "chunk": chunk,
             "overrides": [*data, "trainer.progress=false"]}
     measured = in_turn_ratios(run_isolated(spec, isolated))
@@ -588,6 +598,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--seeds", type=int, help=f"seeds per preset for its time to quality (default {SEEDS}, --quick 1)"
     )
     parser.add_argument("--threads", action="store_true", help="also sweep TensorFlow's thread pool sizes")
+    parser.add_argument(
+        "--parts", type=lambda text: text.split(","),
+        help="what to run, comma-separated: rows, turns (the loops in turns in one process), seeds (the presets' "
+             "seeds, with the notebook loop); default all three, or rows with --rows",
+    )
+    parser.add_argument("--rounds", type=int, help=f"rounds of the loops in turns (default {IN_TURN_ROUNDS})")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print its JSON
     args = parser.parse_args(argv)
