@@ -54,6 +54,7 @@ def main(cfg: DictConfig) -> float:
         if full_error_wanted():
             raise
         if not in_sweep:
+            log_to_file(f"convlearn: error: {err}")
             sys.exit(f"convlearn: error: {err}")
         log.error("convlearn: error: %s", err)
         summary = record_failure(run_dir, str(err))
@@ -67,6 +68,15 @@ def main(cfg: DictConfig) -> float:
         )
         sys.exit(130)  # the shell's code for "ended by Ctrl-C"
     return objective(summary, cfg.objective)
+
+
+def log_to_file(message: str) -> None:
+    """Write ``message`` to the run's log file (``train.log``) only: the terminal gets it once, from
+    ``sys.exit``, and the run dir keeps the reason the run was refused."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 if __name__ == "__main__":

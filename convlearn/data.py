@@ -38,6 +38,13 @@ KERNELS = ("shared", "separate")
 PREVIEW_SIZE = 256
 
 
+def compared(output: tf.Tensor, crops: Crops) -> tf.Tensor:
+    """A model's ``(N, H, W, C)`` output cut to the pixels compared with the target, in float32 (the
+    loss's dtype, also when the layers compute in bfloat16)."""
+    rows, cols = crops.model
+    return tf.cast(output[:, rows, cols, :], tf.float32)
+
+
 @dataclass
 class Batch:
     """Model inputs, and targets already cut to the pixels the model's output is compared on."""
@@ -48,8 +55,7 @@ class Batch:
 
     def predict(self, model: keras.Model) -> tf.Tensor:
         """The model's output on the inputs, cut to the compared region, in float32."""
-        rows, cols = self.crops.model
-        return tf.cast(model(self.inputs, training=False)[:, rows, cols, :], tf.float32)
+        return compared(model(self.inputs, training=False), self.crops)
 
     def loss(self, model: keras.Model) -> tf.Tensor:
         """MSE of the model's output against the targets, over the compared pixels."""
@@ -244,10 +250,18 @@ class Images:
     patch_size: int | None = None
     batch_size: int = 8
     channels: int = 1
+    planes: int = 1  # entries of ``train``/``val`` per image file: 3 when shared kernels fold RGB
 
     @property
     def given_targets(self) -> bool:
         return self.train_targets is not None
+
+    def counts(self) -> str:
+        """The numbers of training and validation images, for the log: files, not folded planes."""
+        counts = f"{len(self.train) // self.planes} training and {len(self.val) // self.planes} validation images"
+        if self.planes > 1:
+            counts += f" ({len(self.train)} and {len(self.val)} colour planes, one kernel for all)"
+        return counts
 
     def model_kwargs(self) -> dict:
         """Extra arguments for the model group: ``channels`` only where it is not the default 1."""
@@ -368,6 +382,7 @@ def _assemble(
     return Images(
         train=train, val=val, train_targets=train_targets, val_targets=val_targets,
         patch_size=patch_size, batch_size=batch_size, channels=1 if fold else CHANNELS[channels],
+        planes=CHANNELS[channels] if fold else 1,
     )
 
 
@@ -476,7 +491,8 @@ def make_feed(images: Images, target: Pipeline | None, model: keras.Model, seed:
 
     validation = [batch(i, train=False) for i in range(len(images.val))]
     patch = images.patch_size
-    if patch is None or all(max(image.shape[:2]) <= patch for image in images.train):
+    # An image that a patch covers whole, or that cannot hold one (a side shorter than the patch), trains full frame.
+    if patch is None or all(max(image.shape[:2]) <= patch or min(image.shape[:2]) < patch for image in images.train):
         shapes = {image.shape for image in images.train}
         if len(shapes) > 1:
             sizes = ", ".join(sorted(_size(s[:2]) for s in shapes))
@@ -488,9 +504,12 @@ def make_feed(images: Images, target: Pipeline | None, model: keras.Model, seed:
         full = make_batch(stacked, target, model, given=np.stack(images.train_targets) if given else None)
         preview = full if len(images.train) == 1 else batch(0, train=True)
         return Feed(train=full, validation=validation, preview=preview)
-    small = [_size(image.shape[:2]) for image in images.train if min(image.shape[:2]) < patch]
+    small = [image.shape[:2] for image in images.train if min(image.shape[:2]) < patch]
     if small:
-        raise ConvlearnError(f"data.patch_size: {patch} is larger than training image(s) {', '.join(small[:5])}")
+        raise ConvlearnError(
+            f"data.patch_size: {patch} is larger than training image(s) {', '.join(_size(s) for s in small[:5])}, "
+            f"while others need patches; set data.patch_size to at most {min(min(s) for s in small)}"
+        )
     stream = _patch_stream(images, target, model, seed)
     return Feed(train=stream, validation=validation, preview=batch(0, train=True, crop=max(PREVIEW_SIZE, patch)))
 

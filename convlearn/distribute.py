@@ -13,6 +13,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from convlearn.data import compared
 from convlearn.errors import ConvlearnError
 from convlearn.geometry import Crops
 
@@ -38,7 +39,6 @@ def distributed_step(
 ) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
     """One data-parallel training step: returns (loss before the update, gradient norm, whether
     both were finite), like ``training.compiled_step``; a non-finite step is not applied."""
-    rows, cols = crops.model
     variables = model.trainable_variables
     with strategy.scope():
         optimizer.build(variables)
@@ -48,7 +48,7 @@ def distributed_step(
         share = slice(context.replica_id_in_sync_group, None, context.num_replicas_in_sync)
         pixels = tf.cast(tf.size(targets), tf.float32)
         with tf.GradientTape() as tape:
-            prediction = tf.cast(model(inputs[share], training=True)[:, rows, cols, :], tf.float32)
+            prediction = compared(model(inputs[share], training=True), crops)
             loss = tf.reduce_sum(tf.square(prediction - targets[share])) / pixels
         return loss, tape.gradient(loss, variables)
 

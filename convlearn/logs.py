@@ -31,7 +31,7 @@ from tensorboard.plugins.image import metadata as image_metadata
 
 from convlearn import pictures
 from convlearn.analysis import effective_kernel
-from convlearn.data import Batch
+from convlearn.data import Batch, compared
 from convlearn.errors import ConvlearnError
 from convlearn.models import conv_layers
 from convlearn.results import psnr_db
@@ -147,13 +147,12 @@ class TensorBoardLogger:
         it costs about one step. The histograms are bucketed outside it (:func:`write_histogram`)."""
         if self._snapshot_fn is None or self._snapshot_fn[0] is not model:
             weights = [weight for _, weight in conv_weights(model)]
-            rows, cols = self.batch.crops.model
 
             @tf.function
             def snapshot(inputs: tf.Tensor, targets: tf.Tensor) -> tuple[dict, tf.Tensor, list]:
                 with tf.GradientTape() as tape:
                     outputs, final = conv_outputs(model, inputs)
-                    prediction = tf.cast(final[:, rows, cols, :], tf.float32)
+                    prediction = compared(final, self.batch.crops)
                     loss = tf.reduce_mean(tf.square(prediction - targets))
                 gradients = tape.gradient(loss, weights) if self.histograms else []
                 return outputs, prediction, gradients

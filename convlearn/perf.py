@@ -1,10 +1,10 @@
 """Runtime settings that decide how fast training runs, and the numbers that show how fast it is.
 
 Two settings must be applied before TensorFlow does any work: the size of its op thread pools
-(fixed once the runtime starts) and the Keras dtype policy (read when layers are built). The
-trainer applies both first thing, from ``trainer.threads`` and ``trainer.precision``. bfloat16
+(fixed once the runtime starts) and the Keras dtype policy (read when layers are built). bfloat16
 only pays off on CPUs with bfloat16 instructions; elsewhere TensorFlow emulates it, slower than
 float32, so asking for it there is refused rather than quietly slowing the run down.
+:func:`configure_tensorflow` applies both; the run pipeline calls it before building anything.
 
 Whether XLA or TensorFlow's own graph runs a step faster depends on the CPU (for the notebook's
 model XLA was 1.3x faster on one 2-core machine and 2.4x slower on another), so
@@ -59,6 +59,15 @@ def set_precision(precision: str) -> None:
             "/proc/cpuinfo) and this one has none, so it would run slower than float32; use trainer.precision=float32"
         )
     keras.config.set_dtype_policy(POLICIES[precision])
+
+
+def configure_tensorflow(threads: Sequence[int] | None = None, precision: str = "float32") -> None:
+    """Apply a run's process-wide TensorFlow settings (``trainer.threads`` and ``trainer.precision``).
+
+    Call it first, before TensorFlow runs an op (the thread pools are fixed then) and before a
+    model is built (layers read the dtype policy when they are built)."""
+    set_threads(threads)
+    set_precision(precision)
 
 
 def set_threads(threads: Sequence[int] | None) -> None:

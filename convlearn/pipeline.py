@@ -24,6 +24,7 @@ from convlearn.config import build
 from convlearn.config_checks import validate
 from convlearn.data import Feed, Images, as_images, make_feed
 from convlearn.logs import hparams_from_config
+from convlearn.perf import configure_tensorflow
 from convlearn.report import write_report_png
 from convlearn.results import kernel_arrays, metrics, save_run, target_stats
 from convlearn.targets import Pipeline, footprint_of
@@ -59,8 +60,10 @@ class RunResult:
 
 
 def build_experiment(cfg: DictConfig) -> Experiment:
-    """Check the config, then build trainer, data, target, model and optimizer, and the feed."""
+    """Check the config, set up TensorFlow, then build trainer, data, target, model and optimizer, and the feed."""
     validate(cfg)
+    # Process-wide, and fixed once TensorFlow runs an op or a layer is built: first of all.
+    configure_tensorflow(cfg.trainer.get("threads"), cfg.trainer.get("precision", "float32"))
     trainer = build(cfg, "trainer")
     seed_everything(trainer.seed, trainer.deterministic)
     images = as_images(build(cfg, "data"))
@@ -71,8 +74,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     feed = make_feed(images, target, model, seed=trainer.seed)
     target_stats(feed.preview.targets.numpy())  # a constant target is refused now, not after training
     log.info(
-        "%s on %s: %d training and %d validation images, first %dx%d, compared region %dx%d, %d weights",
-        model.name, "given targets" if target is None else target.name, len(images.train), len(images.val),
+        "%s on %s: %s, first %dx%d, compared region %dx%d, %d weights",
+        model.name, "given targets" if target is None else target.name, images.counts(),
         *images.train[0].shape[:2], *feed.train.crops.shape, model.count_params(),
     )
     return Experiment(cfg, trainer, images, target, model, optimizer, feed)

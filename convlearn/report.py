@@ -61,9 +61,10 @@ def write_report_png(
 
 
 def write_activation_figure(path: Path, model: keras.Model, image: np.ndarray) -> list[str]:
-    """Every conv layer's activation maps for a 2-D ``image``, one panel per layer; returns the
-    layer names drawn."""
-    outputs = layer_outputs(model, np.asarray(image, np.float32)[None, ..., None])
+    """Every conv layer's activation maps for an ``(H, W)`` or ``(H, W, C)`` ``image``, one panel
+    per layer; returns the layer names drawn."""
+    array = np.asarray(image, np.float32)
+    outputs = layer_outputs(model, array[None, ..., None] if array.ndim == 2 else array[None])
     cols = min(4, len(outputs))
     rows = math.ceil(len(outputs) / cols)
     figure = Figure(figsize=(4 * cols, 3.5 * rows), layout="constrained")

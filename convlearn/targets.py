@@ -205,8 +205,8 @@ NOTEBOOK_SHAPE = (279, 379)
 def template(
     image: object,
     prepare: Pipeline,
-    rows: Sequence[int] = NOTEBOOK_ROWS,
-    cols: Sequence[int] = NOTEBOOK_COLS,
+    rows: Sequence[int] | None = None,
+    cols: Sequence[int] | None = None,
     reference_shape: Sequence[int] | None = NOTEBOOK_SHAPE,
 ) -> np.ndarray:
     """A patch of ``prepare(image)`` to use as a kernel (template matching).
@@ -214,14 +214,16 @@ def template(
     ``rows`` and ``cols`` are ``[start, stop)`` pixel ranges in an image of ``reference_shape``;
     on a prepared image of another size they are scaled to the same relative region (at least one
     pixel), so the notebook's slices work on any image. ``reference_shape: null`` takes them as
-    they are. ``image`` is a 2-D array or the data group's images (the first training image).
+    they are. A range left at None is the notebook's patch, scaled to the image, so either can be
+    given alone. ``image`` is a 2-D array or the data group's images (the first training image).
     """
     image = _first_gray(image)
     prepared = prepare.apply(image)
     patch = tuple(
-        _scaled_range(name, span, size, reference)
-        for name, span, size, reference in zip(
-            ("rows", "cols"), (rows, cols), prepared.shape, reference_shape or prepared.shape
+        _scaled_range(name, notebook, size, reference) if span is None
+        else _scaled_range(name, span, size, size if reference_shape is None else reference_shape[axis])
+        for axis, (name, span, notebook, size, reference) in enumerate(
+            zip(("rows", "cols"), (rows, cols), (NOTEBOOK_ROWS, NOTEBOOK_COLS), prepared.shape, NOTEBOOK_SHAPE)
         )
     )
     return prepared[patch[0], patch[1]].astype(np.float64)

@@ -22,16 +22,16 @@ from typing import Literal, Protocol
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook, text in a terminal
 
 from convlearn import distribute
 from convlearn.checkpoints import Checkpoints
-from convlearn.data import Batch
+from convlearn.data import Batch, compared
 from convlearn.errors import ConvlearnError
 from convlearn.geometry import Crops
 from convlearn.initialization import unit_variance
 from convlearn.optim import current_lr
-from convlearn.perf import fastest_step, set_precision, set_threads
+from convlearn.perf import fastest_step
 
 log = logging.getLogger("convlearn")
 
@@ -89,6 +89,21 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+@dataclass
+class Run:
+    """One :meth:`Trainer.fit` in progress: what it trains, the step it runs, where its batches
+    come from, and where each step's results go."""
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step_fn: Callable
+    feed: Iterator[tuple[tf.Tensor, tf.Tensor]]
+    history: History
+    logger: StepLogger | None
+    validation: Sequence[Batch]
+    checkpoints: Checkpoints | None
+
+
 class Trainer:
     """Runs ``steps`` optimizer steps of MSE on one batch (the notebook's full-frame training).
 
@@ -107,6 +122,8 @@ class Trainer:
     ``steps_per_call`` runs that many steps in one compiled call (:func:`compiled_chunk`), so the
     host waits for the device once per call instead of after every step; a call ends early at a
     step the logger draws pictures after, validation, or a checkpoint, so they see that step's model.
+    ``precision`` and ``threads`` are settings of the whole process, fixed before anything is
+    built: :func:`convlearn.perf.configure_tensorflow` applies them (the pipeline does, first).
     """
 
     def __init__(
@@ -127,9 +144,6 @@ class Trainer:
         init: Literal["keras", "lsuv"] = "keras",
         steps_per_call: int = 1,
     ) -> None:
-        # First, before any op and before the model is built: both are fixed from then on.
-        set_threads(threads)
-        set_precision(precision)
         self.steps = steps
         self.val_every = max(1, val_every)
         self.seed = seed
@@ -142,6 +156,7 @@ class Trainer:
         self.jit_compile = jit_compile
         self.init = init
         self.steps_per_call = steps_per_call
+        self.precision, self.threads = precision, threads
         # For data pipelines that draw at random: checkpointed with the model, so a resumed run
         # draws what the uninterrupted run would have drawn.
         self.rng = tf.random.Generator.from_seed(seed)
@@ -173,6 +188,42 @@ class Trainer:
         ``(inputs, targets)`` batches (random patches). With ``validation`` batches, their mean MSE
         is recorded every ``val_every`` steps and at the end, and logged as ``val_loss``. With
         ``checkpoint_dir``, checkpoints go there and ``resume`` starts from the newest one."""
+        run = self._start(model, optimizer, batch, logger, validation, checkpoint_dir)
+        history = run.history
+        chunk = compiled_chunk(
+            run.step_fn, optimizer, self.steps_per_call, isinstance(batch, Batch),
+            stop_on_nonfinite=self.on_nonfinite == "stop", jit_compile=bool(history.jit_compile),
+        )
+        bar = tqdm(
+            range(history.steps, self.steps), initial=history.steps, total=self.steps,
+            desc="training", disable=not self.progress, mininterval=0.5, leave=False,
+        )
+        stops = self._stops(bool(validation), checkpoint_dir is not None, getattr(logger, "image_every", 0))
+        start = time.perf_counter()
+        calls = _until_signal(self._calls(history.steps, stops), history)
+        for first_step, count in calls:
+            if not self._run_call(run, chunk, first_step, count):
+                break
+            bar.update(count)
+            bar.set_postfix(loss=f"{history.losses[-1]:.3e}", refresh=False)
+        calls.close()
+        history.wall_seconds = time.perf_counter() - start
+        bar.close()
+        self._checkpoint(run.checkpoints, history, every=1)
+        return history
+
+    def _start(
+        self,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        batch: Batch | Iterable,
+        logger: StepLogger | None,
+        validation: Sequence[Batch],
+        checkpoint_dir: Path | None,
+    ) -> Run:
+        """Everything before the first step: the history (restored from the newest checkpoint when
+        resuming), the feed from the step it goes on at, LSUV on the first batch of a new run, and
+        the compiled step (with ``jit_compile="auto"`` the faster of XLA and the graph)."""
         candidates = self._steps(model, optimizer, batch.crops)  # built first: they build the optimizer
         # Full-frame training shows the model the same batch at every step.
         feed = itertools.repeat((batch.inputs, batch.targets)) if isinstance(batch, Batch) else iter(batch)
@@ -197,27 +248,30 @@ class Trainer:
             )
         else:
             (history.jit_compile,) = candidates
-        chunk = compiled_chunk(
-            candidates[history.jit_compile], optimizer, self.steps_per_call, isinstance(batch, Batch),
-            stop_on_nonfinite=self.on_nonfinite == "stop", jit_compile=history.jit_compile,
-        )
-        bar = tqdm(
-            range(history.steps, self.steps), initial=history.steps, total=self.steps,
-            desc="training", disable=not self.progress, mininterval=0.5, leave=False,
-        )
-        stops = self._stops(bool(validation), checkpoints is not None, getattr(logger, "image_every", 0))
-        start = time.perf_counter()
-        calls = _until_signal(self._calls(history.steps, stops), history)
-        for first_step, count in calls:
-            if not self._run_call(chunk, feed, first_step, count, history, model, logger, validation, checkpoints):
-                break
-            bar.update(count)
-            bar.set_postfix(loss=f"{history.losses[-1]:.3e}", refresh=False)
-        calls.close()
-        history.wall_seconds = time.perf_counter() - start
-        bar.close()
-        self._checkpoint(checkpoints, history, every=1)
-        return history
+        return Run(model, optimizer, candidates[history.jit_compile], feed, history, logger, validation, checkpoints)
+
+    def after_step(
+        self, run: Run, step: int, loss: float, grad_norm: float, finite: bool, learning_rate: float | None = None
+    ) -> bool:
+        """The bookkeeping of one finished step (0-based ``step``): the non-finite guard, the
+        history, the logger, validation and checkpoints. False when the run must stop.
+        ``learning_rate``: the rate after that step (default: the optimizer's now)."""
+        history = run.history
+        if not self._guard(step, finite, loss, grad_norm, history):
+            return False
+        history.losses.append(loss)
+        history.grad_norms.append(grad_norm)
+        if run.logger is not None:
+            rate = current_lr(run.optimizer) if learning_rate is None else learning_rate
+            scalars = {"loss": loss, "grad_norm": grad_norm, "learning_rate": rate}
+            run.logger.on_step(step, scalars, run.model)
+        if run.validation and ((step + 1) % self.val_every == 0 or step + 1 == self.steps):
+            val_loss = validation_loss(run.model, run.validation)
+            history.val_losses.append((step + 1, val_loss))
+            if run.logger is not None:
+                run.logger.scalars(step + 1, {"val_loss": val_loss})
+        self._checkpoint(run.checkpoints, history, every=self.checkpoint_every)
+        return True
 
     def _stops(self, validation: bool, checkpoints: bool, image_every: int) -> Callable[[int], bool]:
         """Whether a call must end after ``done`` steps: the host then needs that step's model
@@ -242,29 +296,14 @@ class Trainer:
             yield done, count
             done += count
 
-    def _run_call(
-        self, chunk: Callable, feed: Iterator, first_step: int, count: int, history: History, model: keras.Model,
-        logger: StepLogger | None, validation: Sequence[Batch], checkpoints: Checkpoints | None,
-    ) -> bool:
-        """Run ``count`` steps in one call and record them as if run one by one; False when the run must stop."""
-        batches = [next(feed) for _ in range(count)]
+    def _run_call(self, run: Run, chunk: Callable, first_step: int, count: int) -> bool:
+        """Run ``count`` steps in one call and record each as :meth:`after_step` does; False when
+        the run must stop."""
+        batches = [next(run.feed) for _ in range(count)]
         losses, grad_norms, finite, rates = (values.numpy() for values in chunk(batches))
-        for step, loss, grad_norm, ok, rate in zip(range(first_step, first_step + count), losses, grad_norms,
-                                                   finite, rates):
-            loss, grad_norm = float(loss), float(grad_norm)
-            if not self._guard(step, bool(ok), loss, grad_norm, history):
+        for index, (loss, grad_norm, ok, rate) in enumerate(zip(losses, grad_norms, finite, rates)):
+            if not self.after_step(run, first_step + index, float(loss), float(grad_norm), bool(ok), float(rate)):
                 return False
-            history.losses.append(loss)
-            history.grad_norms.append(grad_norm)
-            if logger is not None:
-                logger.on_step(step, {"loss": loss, "grad_norm": grad_norm, "learning_rate": float(rate)}, model)
-        step = first_step + count - 1
-        if validation and ((step + 1) % self.val_every == 0 or step + 1 == self.steps):
-            val_loss = validation_loss(model, validation)
-            history.val_losses.append((step + 1, val_loss))
-            if logger is not None:
-                logger.scalars(step + 1, {"val_loss": val_loss})
-        self._checkpoint(checkpoints, history, every=self.checkpoint_every)
         return True
 
     def _steps(
@@ -298,14 +337,13 @@ def compiled_step(
     """One training step as a ``tf.function`` (compiled by XLA with ``jit_compile``): returns the
     loss before the update, the gradient norm, and whether both were finite. A non-finite step
     leaves the weights and the optimizer untouched, so the model stays at its last good state."""
-    rows, cols = crops.model
     variables = model.trainable_variables
     optimizer.build(variables)
 
     @tf.function(jit_compile=jit_compile)
     def step(inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
-            prediction = tf.cast(model(inputs, training=True)[:, rows, cols, :], tf.float32)
+            prediction = compared(model(inputs, training=True), crops)
             loss = tf.reduce_mean(tf.square(prediction - targets))
         grads = tape.gradient(loss, variables)
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in [loss, *grads]])

@@ -24,12 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere, without installing
 
 from convlearn.config import build  # noqa: E402
-from convlearn.data import load_image  # noqa: E402
+from convlearn.data import as_images, load_image  # noqa: E402
 from convlearn.errors import ConvlearnError, full_error_wanted  # noqa: E402
 from convlearn.report import write_activation_figure  # noqa: E402
-
-SHOWN_METRICS = ["status", "final_loss", "best_loss", "rel_mse", "psnr_db", "steps", "steps_per_sec"]
-
 
 def run_image(run_dir: Path, image: Path | None) -> np.ndarray:
     """The image to inspect: the given file, or the run's training image rebuilt from its config."""
@@ -38,7 +35,7 @@ def run_image(run_dir: Path, image: Path | None) -> np.ndarray:
     config = run_dir / ".hydra" / "config.yaml"
     if not config.is_file():
         raise ConvlearnError(f"--image: not given, and {config} does not exist to rebuild the training image")
-    return build(OmegaConf.load(config), "data")
+    return as_images(build(OmegaConf.load(config), "data")).train[0]  # any data group: its first training image
 
 
 def inspect(run_dir: Path, image: Path | None, out: Path | None) -> Path:
@@ -48,13 +45,13 @@ def inspect(run_dir: Path, image: Path | None, out: Path | None) -> Path:
         if not needed.is_file():
             raise ConvlearnError(f"RUN_DIR: {needed} does not exist; give the directory of a finished run")
     metrics = json.loads(metrics_file.read_text())
-    for key in SHOWN_METRICS:
-        if key in metrics:
-            print(f"{key:>14}: {metrics[key]}")
+    for key, value in metrics.items():
+        shown = f"{len(value)} values, last {value[-1]}" if key == "losses" and value else value
+        print(f"{key:>16}: {shown}")
     model = keras.models.load_model(model_file, compile=False, safe_mode=True)  # never run code from a file
     out = out or run_dir / "activations.png"
     layers = write_activation_figure(out, model, run_image(run_dir, image))
-    print(f"{'activations':>14}: {len(layers)} layers -> {out}")
+    print(f"{'activations':>16}: {len(layers)} layers -> {out}")
     return out
 
 

@@ -170,6 +170,7 @@ def test_cli_prints_the_message_without_a_traceback(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == "convlearn: error: optimizer.lr: must be > 0, got -1"
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "tb").exists()
+    assert "convlearn: error: optimizer.lr: must be > 0, got -1" in (tmp_path / "run" / "train.log").read_text()
 
 
 MODELS = "can, deep_linear, edge_blur_structured, linear, notebook, sequential"

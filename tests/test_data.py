@@ -234,12 +234,16 @@ def test_small_images_train_full_frame_and_sizes_must_agree(tmp_path):
     images = folder(str(tmp_path / "a"), patch_size=64, val_fraction=0)
     feed = make_feed(images, Pipeline([Convolve(kernels.laplacian())]), tiny_model())
     assert isinstance(feed.train, Batch) and feed.train.inputs.shape == (3, 40, 48, 1)
+    # 40x48 cannot hold a 44x44 patch: full frame too, rather than refused.
+    narrow_images = folder(str(tmp_path / "a"), patch_size=44, val_fraction=0)
+    narrow = make_feed(narrow_images, Pipeline([Convolve(kernels.laplacian())]), tiny_model())
+    assert isinstance(narrow.train, Batch) and narrow.train.inputs.shape == (3, 40, 48, 1)
     write_images(tmp_path / "b", 1, height=30)
     np.save(tmp_path / "a" / "odd.npy", np.load(tmp_path / "b" / "img0.npy"))
     mixed = folder(str(tmp_path / "a"), patch_size=None, val_fraction=0)
     with pytest.raises(ConvlearnError, match=r"data.patch_size: the training images differ in size \(30x48, 40x48\)"):
         make_feed(mixed, Pipeline([Convolve(kernels.laplacian())]), tiny_model())
-    with pytest.raises(ConvlearnError, match=r"data.patch_size: 32 is larger than training image\(s\) 30x48"):
+    with pytest.raises(ConvlearnError, match=r"data.patch_size: 32 is larger than training image\(s\) 30x48, .* at most 30$"):
         make_feed(folder(str(tmp_path / "a"), patch_size=32, val_fraction=0), Pipeline([Convolve(kernels.laplacian())]), tiny_model())
 
 
@@ -256,8 +260,10 @@ def test_rgb_shared_folds_channels_into_the_batch_and_separate_keeps_them(tmp_pa
     assert shared.channels == 1 and len(shared.train) == 3
     for channel in range(3):
         assert np.allclose(shared.train[channel][..., 0], pixels[..., channel], atol=1e-6)
+    assert shared.counts() == "1 training and 0 validation images (3 and 0 colour planes, one kernel for all)"
     separate = file(str(tmp_path / "c.png"), channels="rgb", kernels="separate")
     assert separate.channels == 3 and separate.model_kwargs() == {"channels": 3}
+    assert separate.counts() == "1 training and 0 validation images"
     assert np.allclose(separate.train[0], pixels, atol=1e-6)
     np.save(tmp_path / "gray.npy", np.zeros((4, 5)))
     with pytest.raises(ConvlearnError, match=r"expected a \(height, width, 3\) array for channels=rgb .* got shape \(4, 5\)"):

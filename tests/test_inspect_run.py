@@ -9,6 +9,7 @@ from PIL import Image
 
 from conftest import ROOT, TINY, load_script
 from convlearn.config import build
+from convlearn.data import shapes
 from convlearn.pipeline import run_experiment
 
 
@@ -19,7 +20,7 @@ def inspect_run():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A finished seed-model run, with its Hydra config saved as ``train.py`` leaves it."""
+    """A finished notebook-model run, with its Hydra config saved as ``train.py`` leaves it."""
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*TINY, "trainer.steps=3"])
     run_dir = tmp_path_factory.mktemp("run")
@@ -73,3 +74,20 @@ def test_mistakes_are_one_line_errors(run, inspect_run, tmp_path, capsys):
     )
     assert inspect_run.main([str(run_dir), "--image", str(tmp_path / "nope.npy")]) == 1
     assert capsys.readouterr().err == f"convlearn: error: data.path: no such file: {tmp_path / 'nope.npy'}\n"
+
+
+def test_a_run_on_the_users_file_is_inspected_with_every_metric(inspect_run, tmp_path, capsys):
+    np.save(tmp_path / "img.npy", shapes(40, 48, n_circles=3, n_squares=3, min_size=4, max_size=10))
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        tiny = [o for o in TINY if not o.startswith("data.")]
+        cfg = compose(config_name="train", overrides=[*tiny, "data=file", f"data.path={tmp_path}/img.npy",
+                                                      "model=linear", "trainer.steps=2"])
+    run_dir = tmp_path / "run"
+    summary = run_experiment(cfg, run_dir).metrics
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    assert inspect_run.main([str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    for key in summary:
+        assert f"{key:>16}: " in out, key
+    assert "1 layers" in out and (run_dir / "activations.png").is_file()

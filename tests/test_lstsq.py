@@ -18,6 +18,7 @@ def test_lstsq_trainer_solves_the_linear_model_and_writes_the_run_dir(tmp_path):
     summary = run_experiment(cfg, tmp_path).metrics
     assert summary["kernel_rel_error"] < 1e-6 and summary["lstsq_rel_mse"] < 1e-10
     assert summary["steps"] == 1 and summary["final_loss"] < 1e-6 * summary["losses"][0]
+    assert summary["jit_compile"] is False  # recorded like every trainer's runs
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["kernel_rel_error"] == summary["kernel_rel_error"] and np.isfinite(metrics["psnr_db"])
     with np.load(tmp_path / "kernels.npz", allow_pickle=False) as saved:

@@ -115,6 +115,8 @@ def test_template_slices_scale_to_a_small_image_and_can_be_taken_as_pixels():
     assert np.array_equal(patch, prepared[14:17, 18:20])
     exact = template(image, edge_blur(), rows=[2, 5], cols=[3, 4], reference_shape=None)
     assert np.array_equal(exact, prepared[2:5, 3:4])
+    # One range as pixels, the other left to the notebook's, scaled.
+    assert np.array_equal(template(image, edge_blur(), rows=[2, 5], reference_shape=None), prepared[2:5, 18:20])
     with pytest.raises(ConvlearnError, match=r"target.cols: need \[start, stop\] .* got \[5, 40\]"):
         template(image, edge_blur(), rows=[2, 5], cols=[5, 40], reference_shape=None)
 
