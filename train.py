@@ -34,12 +34,13 @@ def main(cfg: DictConfig) -> float:
 
     In a sweep, a job stopped by a user mistake is recorded as failed in its ``metrics.json`` and,
     like a diverged job, returns ``inf`` instead of raising, so that the other jobs and the sweeper
-    (Optuna aborts a search on the first raising trial) go on.
+    (Optuna aborts a search on the first raising trial) go on. An unexpected exception (a bug) is
+    recorded as crashed first; it then ends a single run with its traceback, and in a sweep only its job.
     """
     # These import TensorFlow (seconds): here rather than at the top, so that a mistyped option on
     # the command line is reported before they load.
     from convlearn.pipeline import run_experiment
-    from convlearn.sweep import check_objective, objective, record_failure, share_cores
+    from convlearn.sweep import check_objective, objective, record_crash, record_failure, share_cores, share_gpus
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -49,6 +50,9 @@ def main(cfg: DictConfig) -> float:
         threads = share_cores(hydra_cfg.launcher.get("n_jobs")) if in_sweep else None
         if threads:
             log.info("TensorFlow uses %d thread(s) per pool, sharing the cores with parallel jobs", threads)
+        gpu = share_gpus(hydra_cfg.job.num, hydra_cfg.launcher.get("n_jobs")) if in_sweep else None
+        if gpu:
+            log.info("this job trains on %s, one GPU per parallel job", gpu)
         summary = run_experiment(cfg, run_dir, hydra_cfg.overrides.task).metrics
     except ConvlearnError as err:
         if full_error_wanted():
@@ -58,11 +62,20 @@ def main(cfg: DictConfig) -> float:
             sys.exit(f"convlearn: error: {err}")
         log.error("convlearn: error: %s", err)
         summary = record_failure(run_dir, str(err))
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, between two checkpoints
+        summary = record_failure(run_dir, "stopped at once by a second Ctrl-C", status="interrupted")
+    except Exception as err:
+        record_crash(run_dir, err)
+        if not in_sweep or full_error_wanted():
+            raise
+        log.exception("convlearn: job crashed (a bug; recorded in its metrics.json): %s", err)
+        summary = {"status": "crashed"}
     if summary["status"] == "interrupted":
         overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
         resume = " ".join([*overrides, "trainer.resume=true", f"hydra.run.dir={run_dir}"])
+        where = f"at step {summary['stopped_step']}" if "stopped_step" in summary else "(second Ctrl-C)"
         print(
-            f"convlearn: interrupted at step {summary['stopped_step']}; checkpoint saved to {summary['checkpoint']}; "
+            f"convlearn: interrupted {where}; checkpoint saved to {summary.get('checkpoint')}; "
             f"continue with: python train.py {resume}",
             file=sys.stderr,
         )

@@ -6,12 +6,20 @@ default the required keys. That keeps one source of truth (the code the config c
 second copy of every YAML file as dataclasses. What a type hint cannot say (``lr > 0``) is listed
 in :data:`RULES`, by callable and parameter, so it applies wherever that callable is used.
 Nested nodes (a target's steps, their kernels) are checked the same way, recursively.
+
+A config is code: a ``_target_`` names a callable that building the config will call. Only
+callables of convlearn and Keras are built (and imported: the name is checked before anything is
+imported); others must be trusted explicitly, by module, in the environment variable
+``CONVLEARN_TRUSTED_TARGETS`` (comma-separated, e.g. ``CONVLEARN_TRUSTED_TARGETS=mylab.models``).
+Numbers must be finite: ``inf`` and ``nan`` are refused wherever the config has a number.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import math
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -29,16 +37,63 @@ GROUPS = ("data", "target", "model", "optimizer", "trainer", "logger")
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
+# Modules whose callables a config may name without the user trusting more.
+TRUSTED_MODULES = ("convlearn", "keras")
+
+# Where the user lists further trusted modules (comma-separated).
+TRUST_VARIABLE = "CONVLEARN_TRUSTED_TARGETS"
+
+
+def trusted_modules() -> tuple[str, ...]:
+    """convlearn, Keras, and the modules the user trusts in ``CONVLEARN_TRUSTED_TARGETS``."""
+    extra = [name.strip() for name in os.environ.get(TRUST_VARIABLE, "").split(",") if name.strip()]
+    return (*TRUSTED_MODULES, *extra)
+
+
+def check_trusted(name: str, where: str, modules: Sequence[str]) -> None:
+    """Refuse a dotted callable name outside ``modules``, before anything is imported."""
+    if not any(name == module or name.startswith(module + ".") for module in modules):
+        raise ConvlearnError(
+            f"{where}: {name!r} is outside {', '.join(modules)}; a config only builds their callables "
+            f"(trust another module with {TRUST_VARIABLE}=<module>)"
+        )
+
+
+def check_targets(node: Any, path: str, modules: Sequence[str]) -> None:
+    """Refuse every ``_target_`` in ``node`` (recursively) that is outside ``modules``; imports nothing.
+
+    For configs read from a run dir (``scripts/inspect_run.py``): they are built with
+    ``modules=("convlearn",)`` whatever the environment trusts."""
+    if isinstance(node, DictConfig):
+        for key in node:
+            where = f"{path}.{key}"
+            if key == "_target_":
+                check_trusted(str(_get(node, key, path)), where, modules)
+            else:
+                check_targets(_get(node, key, path), where, modules)
+    elif isinstance(node, ListConfig):
+        for index in range(len(node)):
+            check_targets(_get(node, index, path), f"{path}[{index}]", modules)
+
+
+def trusted_class(value: Any) -> str | None:
+    """A rule for keys that name a class to import (``optimizer.cls``)."""
+    modules = trusted_modules()
+    if not isinstance(value, str) or any(value.startswith(module + ".") for module in modules):
+        return None
+    return f"must name a class of {', '.join(modules)} (trust another module with {TRUST_VARIABLE}=<module>)"
+
+
 def at_least(low: float) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
-        return None if value >= low else f"must be >= {low:g}"
+        return None if not isinstance(value, (int, float)) or value >= low else f"must be >= {low:g}"
 
     return check
 
 
 def above(low: float) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
-        return None if value > low else f"must be > {low:g}"
+        return None if not isinstance(value, (int, float)) or value > low else f"must be > {low:g}"
 
     return check
 
@@ -52,7 +107,9 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "checkpoint_every": at_least(0),
         "keep_checkpoints": at_least(1),
     },
-    "convlearn.optim.make_optimizer": {"lr": above(0), "decay_steps": at_least(1), "warmup_steps": at_least(0)},
+    "convlearn.optim.make_optimizer": {
+        "lr": above(0), "decay_steps": at_least(1), "warmup_steps": at_least(0), "cls": trusted_class,
+    },
     "convlearn.data.shapes": {"noise": at_least(0)},
     "convlearn.data.noise": {"std": above(0)},
     "convlearn.models.linear": {"kernel_size": at_least(1)},
@@ -86,6 +143,7 @@ def _check_node(node: Any, path: str) -> None:
 
 def _check_call(node: DictConfig, path: str) -> None:
     target = _get(node, "_target_", path)
+    check_trusted(str(target), f"{path}._target_", trusted_modules())
     try:
         fn = _locate(str(target))
     except (ImportError, AttributeError, ValueError):
@@ -109,6 +167,8 @@ def _check_call(node: DictConfig, path: str) -> None:
             takes = f"takes {', '.join(sorted(named))}" if named else "takes no arguments"
             raise ConvlearnError(f"{where}: unknown key; {target} {takes}")
         value = _get(node, key, path)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConvlearnError(f"{where}: must be a finite number, got {value}")
         if key in hints:
             problem = _type_problem(value, hints[key])
             if problem:
@@ -198,12 +258,10 @@ def _type_problem(value: Any, hint: Any) -> str | None:
 
 
 def _rule_problem(rule: Callable[[Any], str | None], value: Any) -> str | None:
-    """Apply a limit to a number, or to each number of a list (``kernel_size: [3, 5]``)."""
+    """Apply a limit to a value, or to each value of a list (``kernel_size: [3, 5]``)."""
     if isinstance(value, ListConfig):
         return next((p for p in (_rule_problem(rule, item) for item in value) if p), None)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return rule(value)
-    return None
+    return None if isinstance(value, bool) else rule(value)
 
 
 def _show(value: Any) -> str:

@@ -2,10 +2,10 @@
 
 The notebook trains on one picture of bright circles and squares. ``shapes`` draws pictures of
 that kind from a seed, so the project needs no download; ``noise`` draws white noise, the input
-that identifies a linear filter fastest. ``file``, ``folder`` and ``pairs`` read a
-user's images (``.npy`` without pickles, or PNG/JPEG...) into :class:`Images`: training and
-validation images, grayscale or RGB, normalised, and for ``pairs`` the given target images, so an
-unknown filter can be learned from before/after examples.
+that identifies a linear filter fastest. ``file``, ``folder`` and ``pairs`` read a user's images
+(``.npy`` without pickles, PNG and TIFF at their full depth, 16-bit colour too, JPEG...) into
+:class:`Images`: training and validation images, grayscale or RGB, normalised, and for ``pairs``
+the given target images, so an unknown filter can be learned from before/after examples.
 
 :func:`make_feed` turns those into what the trainer consumes: one full-frame :class:`Batch` when
 the images are small (the notebook's way), or a :class:`Stream` of random patches from
@@ -139,12 +139,17 @@ def load_image(path: str | Path, channels: str = "gray", key: str = "data.path")
     """Read a ``.npy`` array or an image file as float32: ``(H, W)`` gray, ``(H, W, 3)`` rgb.
 
     ``.npy`` files are read without pickles, so an untrusted file cannot run code; their values
-    are used as they are. Image files are converted to grayscale or RGB and scaled by their bit
-    depth to [0, 1]. ``key`` is the config key named in error messages.
+    are used as they are. Image files are read at their full depth (16-bit PNG and TIFF, colour
+    too), converted to grayscale or RGB, and integer pixels scaled by their type's range to [0, 1]
+    (floating-point TIFFs as they are). ``key`` is the config key named in error messages.
     """
     _check_choice("data.channels", channels, CHANNELS)
     path = Path(path).expanduser()
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as err:  # a name too long for the file system, a path through a file...
+        raise ConvlearnError(f"{key}: cannot open {path}: {err.strerror or err}") from None
+    if not found:
         raise ConvlearnError(f"{key}: no such file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
@@ -186,6 +191,10 @@ def _load_npy(path: Path, channels: str, key: str) -> np.ndarray:
         )
     if not (np.issubdtype(dtype, np.number) or dtype == bool):
         raise ConvlearnError(f"{key}: {path} has non-numeric dtype {dtype}")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ConvlearnError(f"{key}: {path} holds complex numbers ({dtype}); save a real array (its real part or abs)")
+    if 0 in shape:
+        raise ConvlearnError(f"{key}: {path} holds an empty {_size(shape)} array; an image needs at least one pixel")
     _check_size(path, shape, dtype, data_start, key)
     return np.load(path, allow_pickle=False).astype(np.float32)
 
@@ -215,21 +224,65 @@ def _physical_memory() -> int | None:
         return None
 
 
+# ITU-R BT.601 luma weights: what Pillow's and most tools' colour-to-gray conversion uses.
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
 def _load_picture(path: Path, channels: str, key: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError  # only needed for picture files
+    """An image file at its full depth, as float32 ``(H, W)`` gray or ``(H, W, 3)`` RGB: integer
+    pixels scaled by their type's range to [0, 1], floating-point ones (TIFF) as they are. Alpha is
+    dropped; colour becomes gray by its luma, gray becomes colour by repeating it."""
+    from PIL import Image  # only needed for picture files
 
     try:
-        with Image.open(path) as picture:
-            bits_16 = picture.mode.startswith("I;16") or picture.mode == "I"
-            if channels == "rgb":
-                # PIL has no 16-bit RGB mode: colour pictures are read at 8 bits.
-                pixels, scale = np.asarray(picture.convert("RGB")), 255.0
-            else:
-                pixels = np.asarray(picture if bits_16 else picture.convert("L"))
-                scale = 65535.0 if bits_16 else 255.0
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        pixels = _read_pixels(path)
+    except (OSError, ValueError, RuntimeError, Image.DecompressionBombError) as err:  # the readers' errors
         raise ConvlearnError(f"{key}: cannot read image {path}: {err}") from None
-    return (pixels.astype(np.float64) / scale).astype(np.float32)
+    if pixels.ndim == 3 and pixels.shape[0] in (3, 4) and pixels.shape[-1] > 4:
+        pixels = np.moveaxis(pixels, 0, -1)  # a TIFF stored colour plane by colour plane
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.ndim != 3 or pixels.shape[-1] > 4:
+        raise ConvlearnError(
+            f"{key}: {path} holds a {_size(pixels.shape)} stack, not one gray or colour image; save one image per file"
+        )
+    pixels = pixels[..., : 1 if pixels.shape[-1] <= 2 else 3]  # gray or colour, without alpha
+    scale = float(np.iinfo(pixels.dtype).max) if np.issubdtype(pixels.dtype, np.integer) else 1.0
+    image = pixels.astype(np.float64) / scale
+    if channels == "gray":
+        image = image[..., 0] if image.shape[-1] == 1 else image @ LUMA
+    elif image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return image.astype(np.float32)
+
+
+def _read_pixels(path: Path) -> np.ndarray:
+    """The pixels as stored: PNG through libpng (imagecodecs) and TIFF through tifffile, so that
+    16-bit colour keeps its 16 bits (Pillow reads 16-bit colour PNGs as 8-bit); JPEG, BMP and GIF,
+    8-bit formats, through Pillow. A picture larger than Pillow's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``, twice over) is refused from its header, before it is decoded."""
+    from PIL import Image
+
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tiff:
+            if not tiff.series:
+                raise ValueError("it holds no image")
+            shape = tiff.series[0].shape  # all pages: a stack is refused later, not cut to its first image
+            limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+            if limit and int(np.prod(shape)) > limit:
+                raise Image.DecompressionBombError(
+                    f"{_size(shape)} values, more than twice PIL.Image.MAX_IMAGE_PIXELS: possibly a decompression bomb"
+                )
+            return tiff.asarray()
+    with Image.open(path) as picture:  # reads the header only, and refuses a decompression bomb
+        if suffix != ".png":
+            return np.asarray(picture if picture.mode == "L" else picture.convert("RGB"))
+    import imagecodecs
+
+    return imagecodecs.png_decode(path.read_bytes())
 
 
 @dataclass(frozen=True)

@@ -6,19 +6,26 @@ cheap (a small fraction of a step on average):
 * every ``scalar_every`` steps: the trainer's scalars (loss, grad_norm, learning_rate) plus
   ``rel_mse``, ``psnr_db`` (both derived from the loss) and ``steps_per_sec``;
 * at step 0, every ``image_every`` steps and at the end: input | target | prediction | error,
-  every conv layer's kernels, the model's effective kernel next to the target's, each layer's
+  every conv layer's kernels, the model's effective kernel next to the target's (for a non-linear
+  target: linearised at a flat pixel, an edge and a corner), each layer's
   activation maps, and histograms of weights and gradients (each part switchable);
 * once: the resolved config as text, and the run's hyperparameters and final metrics for the
   HPARAMS tab.
 
 Writers buffer, so the logger is a context manager that flushes and closes on every exit path.
+
+Reporting never ends training: each dashboard part runs under a :class:`PartGuard`, so a part that
+fails (a picture of a diverged layer, a full disk) is skipped with one warning naming the part and
+the step, and training, checkpoints and ``metrics.json`` go on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import keras
@@ -33,8 +40,11 @@ from convlearn import pictures
 from convlearn.analysis import effective_kernel
 from convlearn.data import Batch, compared
 from convlearn.errors import ConvlearnError
-from convlearn.models import conv_layers
+from convlearn.geometry import Footprint
+from convlearn.models import conv_layers, footprint
 from convlearn.results import psnr_db
+
+log = logging.getLogger("convlearn")
 
 HParamValue = bool | int | float | str
 Snapshot = Callable[[tf.Tensor, tf.Tensor], tuple[dict[str, tf.Tensor], tf.Tensor, list[tf.Tensor | None]]]
@@ -48,6 +58,29 @@ HISTOGRAM_BUCKETS = 30
 
 # Final metrics as scalar tags; the HPARAMS tab reads a run's metric values from these.
 FINAL_METRICS = {"final_loss": "final/loss", "rel_mse": "final/rel_mse", "psnr_db": "final/psnr_db"}
+
+
+class PartGuard:
+    """Runs dashboard parts so that a failing one is skipped instead of ending the run.
+
+    The first failure of each part is logged as a warning naming the part, the step and the
+    error; later failures of that part are skipped silently (the part is tried again each time,
+    so a passing problem such as a full disk costs only the pictures it hit)."""
+
+    def __init__(self) -> None:
+        self.failed: dict[str, int] = {}  # part -> step of its first failure
+
+    @contextlib.contextmanager
+    def part(self, name: str, step: int) -> Iterator[None]:
+        try:
+            yield
+        except Exception as err:  # noqa: BLE001 - any reporting bug must leave training running
+            if name not in self.failed:
+                self.failed[name] = step
+                log.warning(
+                    "dashboard part '%s' failed at step %d and is skipped (%s: %s); training goes on",
+                    name, step, type(err).__name__, str(err).splitlines()[0] if str(err) else "",
+                )
 
 
 class TensorBoardLogger:
@@ -86,30 +119,36 @@ class TensorBoardLogger:
         self._target_peak = float(np.max(targets) - np.min(targets))
         self._last_tick: tuple[int, float] | None = None
         self._snapshot_fn: tuple[keras.Model, Snapshot] | None = None
+        self.guard = PartGuard()
         self.writer = tf.summary.create_file_writer(str(self.log_dir))
 
     def __enter__(self) -> TensorBoardLogger:
         with self.writer.as_default(step=0):
             if self.config_text:
-                tf.summary.text("config", f"```\n{self.config_text}\n```", step=0)
+                with self.guard.part("config", 0):
+                    tf.summary.text("config", f"```\n{self.config_text}\n```", step=0)
             if self.hparams:
                 # The experiment config names the metrics, so the HPARAMS tab shows exactly these
                 # columns rather than every scalar of the run.
-                hp.hparams_config(
-                    hparams=[hp.HParam(name) for name in self.hparams],
-                    metrics=[hp.Metric(tag, display_name=key) for key, tag in FINAL_METRICS.items()],
-                )
-                hp.hparams(self.hparams)
+                with self.guard.part("hparams", 0):
+                    hp.hparams_config(
+                        hparams=[hp.HParam(name) for name in self.hparams],
+                        metrics=[hp.Metric(tag, display_name=key) for key, tag in FINAL_METRICS.items()],
+                    )
+                    hp.hparams(self.hparams)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.writer.flush()
-        self.writer.close()
+        with self.guard.part("writing the event file", -1):
+            self.writer.flush()
+        with self.guard.part("closing the event file", -1):
+            self.writer.close()
 
     def on_step(self, step: int, scalars: dict[str, float], model: keras.Model) -> None:
         """Called by the trainer after every step with that step's loss, grad_norm and lr."""
         if step % self.scalar_every == 0:
-            self.scalars(step, {**scalars, **self._derived(step, scalars.get("loss"))})
+            with self.guard.part("scalars", step):
+                self.scalars(step, {**scalars, **self._derived(step, scalars.get("loss"))})
         if step == 0 or (self.image_every > 0 and step % self.image_every == 0):
             self.pictures(step, model)
 
@@ -122,21 +161,32 @@ class TensorBoardLogger:
     def pictures(self, step: int, model: keras.Model) -> None:
         """Everything that shows the model's state: comparison panel, kernels, effective kernel,
         activation maps and histograms, each as configured."""
+        part = self.guard.part
         with self.writer.as_default(step=step):
-            outputs, prediction, gradients = self._snapshot(model)(self.batch.inputs, self.batch.targets)
-            write_image("prediction", pictures.comparison(*compared_images(self.batch, prediction)))
+            snapshot = None
+            with part("snapshot (the model's pass the pictures are drawn from)", step):
+                snapshot = self._snapshot(model)(self.batch.inputs, self.batch.targets)
+            if snapshot is None:
+                return  # nothing to draw from
+            outputs, prediction, gradients = snapshot
+            with part("prediction", step):
+                write_image("prediction", pictures.comparison(*compared_images(self.batch, prediction)))
             if self.kernels:
-                for layer in conv_layers(model):
-                    write_image(f"kernels/{layer.name}", pictures.kernel_grid(np.asarray(layer.kernel.numpy())))
-                effective = effective_kernels(model, self.target_kernel, self.batch)
-                if effective:
-                    write_image("kernels/effective", pictures.kernel_row(effective))
+                with part("kernels", step):
+                    for layer in conv_layers(model):
+                        write_image(f"kernels/{layer.name}", pictures.kernel_grid(np.asarray(layer.kernel.numpy())))
+                with part("effective kernel", step):
+                    effective = effective_kernels(model, self.target_kernel, self.batch)
+                    if effective:
+                        write_image("kernels/effective", pictures.kernel_row(effective))
             if self.activations:
-                for name, maps in outputs.items():
-                    grid = pictures.channel_grid(np.asarray(maps[0], np.float32), max_side=ACTIVATION_SIDE)
-                    write_image(f"activations/{name}", grid)
+                with part("activations", step):
+                    for name, maps in outputs.items():
+                        grid = pictures.channel_grid(np.asarray(maps[0], np.float32), max_side=ACTIVATION_SIDE)
+                        write_image(f"activations/{name}", grid)
             if self.histograms:
-                self._histograms(model, gradients)
+                with part("histograms", step):
+                    self._histograms(model, gradients)
 
     def _snapshot(self, model: keras.Model) -> Snapshot:
         """One compiled pass that gives the pictures their numbers: each conv layer's output, the
@@ -170,8 +220,10 @@ class TensorBoardLogger:
     def on_end(self, step: int, model: keras.Model, metrics: Mapping[str, float]) -> None:
         """The final pictures, and the final metrics that the HPARAMS tab compares runs by."""
         self.pictures(step, model)
-        self.scalars(step, {tag: metrics[key] for key, tag in FINAL_METRICS.items() if key in metrics})
-        self.writer.flush()
+        with self.guard.part("final metrics", step):
+            final = {tag: metrics[key] for key, tag in FINAL_METRICS.items() if metrics.get(key) is not None}
+            self.scalars(step, final)
+            self.writer.flush()
 
     def _derived(self, step: int, loss: float | None) -> dict[str, float]:
         """rel_mse and PSNR from the loss (as in metrics.json), and the steps/s since last time."""
@@ -204,16 +256,32 @@ def write_histogram(tag: str, values: np.ndarray) -> None:
     """``values`` as a histogram summary in TensorBoard's format (``[left, right, count]`` rows),
     bucketed in NumPy. ``tf.summary.histogram`` inside the compiled snapshot added about 20 ops per
     histogram, and tracing the seed model's 52 of them cost about 14 s at the first picture: more
-    than 40 training steps. Non-finite values (a diverged gradient) are left out of the counts."""
+    than 40 training steps."""
+    metadata = histogram_metadata.create_summary_metadata(display_name=None, description=None)
+    tf.summary.write(tag, histogram_buckets(values), metadata=metadata)
+
+
+def histogram_buckets(values: np.ndarray, bins: int = HISTOGRAM_BUCKETS) -> np.ndarray:
+    """``(bins, 3)`` float64 rows ``[left, right, count]`` over the finite values of ``values``.
+
+    Non-finite values (a diverged gradient) are left out of the counts. Unlike ``np.histogram``,
+    this never refuses a range: values near the float64 limits, or a range narrower than a few
+    float64 steps, still give ``bins`` buckets whose counts sum to the number of finite values."""
     values = np.asarray(values, np.float64).ravel()
     values = values[np.isfinite(values)]
-    low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if low == high:  # one value (or none): one unit-wide bucket around it, as TensorBoard draws it
         low, high = low - 0.5, high + 0.5
-    counts, edges = np.histogram(values, bins=HISTOGRAM_BUCKETS, range=(low, high))
-    buckets = np.stack([edges[:-1], edges[1:], counts], axis=1)
-    metadata = histogram_metadata.create_summary_metadata(display_name=None, description=None)
-    tf.summary.write(tag, buckets, metadata=metadata)
+    # Halves, so that neither the span nor the edges overflow near the float64 limits.
+    half_span = high / 2 - low / 2
+    fractions = np.arange(bins + 1) / bins
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        edges = np.clip(2 * (low / 2 + half_span * fractions), low, high)
+        position = (values / 2 - low / 2) / half_span * bins
+    edges[0], edges[-1] = low, high
+    index = np.clip(np.nan_to_num(np.floor(position), nan=0.0, posinf=bins - 1), 0, bins - 1).astype(np.intp)
+    counts = np.bincount(index, minlength=bins)
+    return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
 
 
 def compared_images(batch: Batch, prediction: tf.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -249,12 +317,66 @@ def effective_kernels(model: keras.Model, target_kernel: np.ndarray | None, batc
     """[model's effective kernel, target's kernel if there is one], for a side-by-side picture.
 
     The model's is exact for a linear stack and linearised at the centre of the batch's first
-    image otherwise; none when that image cannot hold the model's receptive field."""
+    image otherwise; none when that image cannot hold the model's receptive field. Without a
+    target kernel (a non-linear target) the model's kernel linearised at a flat pixel, an edge
+    pixel and a corner pixel instead (:func:`landmark_kernels`): for a non-linear operator the
+    kernel depends on where one looks."""
+    image = batch.inputs.numpy()[0]
     try:
-        model_kernel = effective_kernel(model, batch.inputs.numpy()[0])
+        if target_kernel is None:
+            return landmark_kernels(model, image)
+        model_kernel = effective_kernel(model, image)
     except ConvlearnError:
         return []
-    return [model_kernel] if target_kernel is None else [model_kernel, np.asarray(target_kernel, np.float64)]
+    return [model_kernel, np.asarray(target_kernel, np.float64)]
+
+
+def landmark_kernels(model: keras.Model, image: np.ndarray) -> list[np.ndarray]:
+    """The model's kernels linearised (the input gradient of one output pixel, channel 0 to 0) at
+    the :func:`landmarks` of ``image`` (``(H, W, C)``): a flat pixel, an edge and a corner, in that
+    order; none when no receptive field fits in the image. A linear model gives its kernel three times."""
+    fp = footprint(model)
+    pixels = landmarks(image[..., 0], fp, (image.shape[0] - fp.shrink[0], image.shape[1] - fp.shrink[1]))
+    inputs = tf.constant(image[None], tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(inputs)
+        outputs = model(inputs, training=False)
+        values = [outputs[0, row, col, 0] for row, col in pixels]
+    kernels = []
+    for (row, col), value in zip(pixels, values):
+        gradient = tape.gradient(value, inputs)[0, ..., 0].numpy()
+        top, left = (_field_starts(fp, axis, index) for axis, index in ((0, row), (1, col)))
+        kernels.append(gradient[top : top + fp.extent[0], left : left + fp.extent[1]].astype(np.float64))
+    return kernels
+
+
+def landmarks(image: np.ndarray, fp: Footprint, output_shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """Output pixels (row, col) of an operator of footprint ``fp`` centred on the flattest spot of
+    the 2-D ``image``, its strongest straight edge and its strongest corner, by the structure tensor
+    over 5x5 windows: flat has the least gradient energy, the edge the largest gap between the
+    tensor's eigenvalues, the corner the largest smaller eigenvalue. Only output pixels whose
+    receptive field lies inside the image are candidates; none: an empty list."""
+    starts = [_field_starts(fp, axis, np.arange(output_shape[axis])) for axis in (0, 1)]
+    inside = [np.nonzero((s >= 0) & (s + fp.extent[a] <= image.shape[a]))[0] for a, s in enumerate(starts)]
+    if not (len(inside[0]) and len(inside[1])):
+        return []
+    gy, gx = np.gradient(image.astype(np.float64))
+    centres = np.ix_(*[starts[a][inside[a]] + (fp.extent[a] - 1) // 2 for a in (0, 1)])
+    xx, yy, xy = (_box5(a * b)[centres] for a, b in ((gx, gx), (gy, gy), (gx, gy)))
+    half_trace, gap = (xx + yy) / 2, np.sqrt(((xx - yy) / 2) ** 2 + xy**2)
+    picks = [np.argmin(half_trace + gap), np.argmax(gap), np.argmax(half_trace - gap)]
+    return [(int(inside[0][p // len(inside[1])]), int(inside[1][p % len(inside[1])])) for p in picks]
+
+
+def _field_starts(fp: Footprint, axis: int, index: np.ndarray | int) -> np.ndarray | int:
+    """The first input pixel of the receptive field of output pixel ``index`` (positions doubled, see geometry)."""
+    return (fp.shift2[axis] + 2 * index - (fp.extent[axis] - 1)) // 2
+
+
+def _box5(values: np.ndarray) -> np.ndarray:
+    """Mean over each pixel's 5x5 window, the border repeated."""
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(values, 2, mode="edge"), (5, 5))
+    return windows.mean(axis=(-2, -1))
 
 
 def hparams_from_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, HParamValue]:

@@ -1,10 +1,13 @@
 """Runtime settings that decide how fast training runs, and the numbers that show how fast it is.
 
-Two settings must be applied before TensorFlow does any work: the size of its op thread pools
-(fixed once the runtime starts) and the Keras dtype policy (read when layers are built). bfloat16
-only pays off on CPUs with bfloat16 instructions; elsewhere TensorFlow emulates it, slower than
-float32, so asking for it there is refused rather than quietly slowing the run down.
-:func:`configure_tensorflow` applies both; the run pipeline calls it before building anything.
+Three settings must be applied before TensorFlow does any work: the size of its op thread pools
+(fixed once the runtime starts), GPU memory growth (fixed once a GPU is in use) and the Keras dtype
+policy (read when layers are built); :func:`configure_tensorflow` applies them, and the run pipeline
+calls it before building anything. A reduced precision only pays off on a device that computes in
+it: a GPU from compute capability 8.0 (bfloat16) or 7.0 (float16), a CPU with bfloat16 or float16
+instructions; elsewhere TensorFlow emulates it, slower than float32, so asking for it there is
+refused rather than quietly slowing the run down. The device that trains is the first visible GPU,
+else the CPU (:func:`training_device`); ``metrics.json`` records it.
 
 Whether XLA or TensorFlow's own graph runs a step faster depends on the CPU (for the notebook's
 model XLA was 1.3x faster on one 2-core machine and 2.4x slower on another), so
@@ -17,9 +20,12 @@ The counting helpers (FLOPs of a conv stack, a plain matmul's GFLOP/s, peak memo
 
 from __future__ import annotations
 
+import contextlib
+import platform
 import resource
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -28,10 +34,32 @@ import tensorflow as tf
 from convlearn.errors import ConvlearnError
 from convlearn.models import conv_layers
 
-# trainer.precision -> Keras dtype policy. Variables stay float32 under the mixed policy.
-POLICIES = {"float32": "float32", "bf16": "mixed_bfloat16"}
-# CPU flags (as /proc/cpuinfo spells them) of instructions that compute in bfloat16.
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# trainer.precision -> Keras dtype policy. Variables stay float32 under the mixed policies.
+POLICIES = {"float32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+# CPU flags (as /proc/cpuinfo spells them) of instructions that compute in each reduced precision.
+CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+# The lowest GPU compute capability with tensor cores for each reduced precision (TensorFlow's own
+# mixed-precision check warns below 7.0 for float16; bfloat16 arrived with Ampere, 8.0).
+GPU_CAPABILITY = {"bf16": (8, 0), "fp16": (7, 0)}
+
+
+@dataclass(frozen=True)
+class Device:
+    """The device that trains: the first visible GPU (``count`` of them visible), else the CPU.
+    ``capability`` is the lowest compute capability of the visible GPUs; ``flags`` the CPU's."""
+
+    kind: str  # "GPU" or "CPU"
+    name: str
+    count: int = 1
+    capability: tuple[int, int] | None = None
+    flags: frozenset[str] = frozenset()
+
+    def describe(self) -> dict:
+        """What ``metrics.json`` records about the device."""
+        described: dict = {"kind": self.kind, "name": self.name, "count": self.count}
+        if self.capability is not None:
+            described["compute_capability"] = ".".join(map(str, self.capability))
+        return described
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
@@ -43,31 +71,90 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
-def bf16_supported() -> bool:
-    """Whether this CPU has bfloat16 arithmetic in hardware."""
-    return any(flag in cpu_flags() for flag in BF16_FLAGS)
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name, where ``/proc/cpuinfo`` says it, else what Python's platform module says."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
-def set_precision(precision: str) -> None:
-    """Set the Keras dtype policy for models built from now on. ``bf16``: layers compute in
-    bfloat16 with float32 weights; the trainer keeps the loss and the metrics in float32."""
+def enable_memory_growth() -> None:
+    """Let every visible GPU's memory grow as needed instead of TensorFlow taking all of it at the
+    start, so that parallel jobs on one GPU fit next to each other. Where a GPU is already in use
+    in this process, its setting is kept."""
+    for gpu in tf.config.get_visible_devices("GPU"):
+        with contextlib.suppress(RuntimeError, ValueError):  # the runtime is already up
+            tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def training_device() -> Device:
+    """The device TensorFlow trains on in this process: the visible GPUs, else the CPU."""
+    gpus = tf.config.get_visible_devices("GPU")
+    if not gpus:
+        return Device("CPU", cpu_name(), flags=frozenset(cpu_flags()))
+    details = [tf.config.experimental.get_device_details(gpu) for gpu in gpus]
+    capabilities = [tuple(d["compute_capability"]) for d in details if d.get("compute_capability")]
+    return Device(
+        "GPU", details[0].get("device_name", gpus[0].name), len(gpus), min(capabilities) if capabilities else None
+    )
+
+
+def precision_refusal(precision: str, device: Device) -> str | None:
+    """Why ``device`` cannot train in ``precision`` at full speed (the one-line reason), or None."""
     if precision not in POLICIES:
-        raise ConvlearnError(f"trainer.precision: must be one of {', '.join(POLICIES)}, got '{precision}'")
-    if precision == "bf16" and not bf16_supported():
-        raise ConvlearnError(
-            f"trainer.precision: 'bf16' needs a CPU with bfloat16 instructions ({' or '.join(BF16_FLAGS)} in "
-            "/proc/cpuinfo) and this one has none, so it would run slower than float32; use trainer.precision=float32"
+        return f"must be one of {', '.join(POLICIES)}, got '{precision}'"
+    if precision == "float32":
+        return None
+    if device.kind == "GPU":
+        needed = GPU_CAPABILITY[precision]
+        if device.capability is None or device.capability < needed:
+            have = ".".join(map(str, device.capability)) if device.capability else "unknown"
+            return (
+                f"'{precision}' needs a GPU of compute capability {needed[0]}.{needed[1]} or higher and {device.name} "
+                f"has {have}, so it would run slower than float32; use trainer.precision=float32"
+            )
+        return None
+    flags = CPU_FLAGS[precision]
+    if device.flags.isdisjoint(flags):
+        kind = "bfloat16" if precision == "bf16" else "float16"
+        return (
+            f"'{precision}' needs a CPU with {kind} instructions ({' or '.join(flags)} in /proc/cpuinfo) or a GPU; "
+            "this CPU has none and no GPU is visible, so it would run slower than float32; "
+            "use trainer.precision=float32"
         )
+    return None
+
+
+def set_precision(precision: str, device: Device | None = None) -> None:
+    """Set the Keras dtype policy for models built from now on, if ``device`` (default: the one
+    that trains) computes in ``precision``. ``bf16``/``fp16``: layers compute in bfloat16/float16
+    with float32 weights; the trainer keeps the loss and the metrics in float32, and scales the
+    loss for ``fp16`` (:func:`loss_scaled`)."""
+    refusal = precision_refusal(precision, device or training_device())
+    if refusal:
+        raise ConvlearnError(f"trainer.precision: {refusal}")
     keras.config.set_dtype_policy(POLICIES[precision])
 
 
 def configure_tensorflow(threads: Sequence[int] | None = None, precision: str = "float32") -> None:
-    """Apply a run's process-wide TensorFlow settings (``trainer.threads`` and ``trainer.precision``).
+    """Apply a run's process-wide TensorFlow settings (``trainer.threads``, GPU memory growth and ``trainer.precision``).
 
     Call it first, before TensorFlow runs an op (the thread pools are fixed then) and before a
     model is built (layers read the dtype policy when they are built)."""
     set_threads(threads)
+    enable_memory_growth()
     set_precision(precision)
+
+
+def loss_scaled(optimizer: keras.optimizers.Optimizer, precision: str) -> keras.optimizers.Optimizer:
+    """``optimizer`` wrapped in Keras' dynamic loss scaling for ``fp16`` (float16 gradients of a
+    small loss underflow to zero without it); as it is for other precisions or when already wrapped."""
+    if precision != "fp16" or isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer
+    return keras.optimizers.LossScaleOptimizer(optimizer)
 
 
 def set_threads(threads: Sequence[int] | None) -> None:

@@ -26,7 +26,8 @@ from convlearn.data import Feed, Images, as_images, make_feed
 from convlearn.logs import hparams_from_config
 from convlearn.perf import configure_tensorflow
 from convlearn.report import write_report_png
-from convlearn.results import kernel_arrays, metrics, save_run, target_stats
+from convlearn.results import kernel_arrays, metrics, psnr_db, save_run, target_stats
+from convlearn.run_dirs import check_writable
 from convlearn.targets import Pipeline, footprint_of
 from convlearn.training import History, StepLogger, mse, seed_everything
 
@@ -59,9 +60,12 @@ class RunResult:
     kernels: dict[str, np.ndarray]
 
 
-def build_experiment(cfg: DictConfig) -> Experiment:
-    """Check the config, set up TensorFlow, then build trainer, data, target, model and optimizer, and the feed."""
+def build_experiment(cfg: DictConfig, run_dir: Path | None = None) -> Experiment:
+    """Check the config (and that ``run_dir`` can be written), then build trainer, data, target,
+    model and optimizer, and the feed."""
     validate(cfg)
+    if run_dir is not None:
+        check_writable(run_dir, "hydra.run.dir")
     # Process-wide, and fixed once TensorFlow runs an op or a layer is built: first of all.
     configure_tensorflow(cfg.trainer.get("threads"), cfg.trainer.get("precision", "float32"))
     trainer = build(cfg, "trainer")
@@ -108,22 +112,29 @@ def train_experiment(
         )
         summary = metrics(history, mse(model, preview), preview.targets.numpy())
         summary.update(recovery_metrics(model, preview, experiment.target))
+        if "val_loss" in summary:  # held-out images: their PSNR too, peak = their targets' range
+            held_out = np.concatenate([batch.targets.numpy().ravel() for batch in feed.validation])
+            summary["val_psnr_db"] = psnr_db(float(held_out.max() - held_out.min()), summary["val_loss"])
         logger.on_end(history.steps, model, summary)
-    save_run(run_dir, model, summary)
-    write_report_png(run_dir / "report.png", summary["losses"], preview, model, target_kernel)
+    save_run(run_dir, model, summary, preview.inputs.numpy()[0], target_kernel)
+    with logger.guard.part("report.png", history.steps):  # the results are saved; the picture may fail
+        write_report_png(run_dir / "report.png", summary["losses"], preview, model, target_kernel)
     if history.status == "failed":
         log.error(
             "training stopped at step %d: %s; that update was not applied, the model and %s hold the "
             "weights it started from (try a lower optimizer.lr)",
             history.stopped_step, history.reason, history.checkpoint,
         )
+    held_out = ""
+    if "val_loss" in summary:
+        held_out = f", val_loss {summary['val_loss']:.4g}, val PSNR {summary['val_psnr_db']:.1f} dB"
     log.info(
-        "final loss %.4g, rel_mse %.4g, PSNR %.1f dB, %.1f steps/s -> %s",
-        summary["final_loss"], summary["rel_mse"], summary["psnr_db"], summary["steps_per_sec"], run_dir,
+        "final loss %.4g, rel_mse %.4g, PSNR %.1f dB%s, %.1f steps/s -> %s",
+        summary["final_loss"], summary["rel_mse"], summary["psnr_db"], held_out, summary["steps_per_sec"], run_dir,
     )
     return RunResult(summary, model, history, run_dir, kernel_arrays(model))
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> RunResult:
     """Run one experiment from its composed config into ``run_dir``."""
-    return train_experiment(build_experiment(cfg), Path(run_dir), overrides)
+    return train_experiment(build_experiment(cfg, Path(run_dir)), Path(run_dir), overrides)

@@ -28,8 +28,8 @@ def write_report_png(
 ) -> None:
     """Loss curve, the four-image comparison, first-layer and effective kernels in one PNG."""
     inputs, target, prediction = compared_images(batch, batch.predict(model))
-    error = np.abs(prediction - target)
-    low, high = float(min(target.min(), prediction.min())), float(max(target.max(), prediction.max()))
+    error = pictures.absolute_error(target, prediction)
+    low, high = pictures.finite_range(np.stack([target, prediction]))
 
     figure = Figure(figsize=(16, 8), layout="constrained")
     grid = figure.add_gridspec(2, 4)
@@ -46,10 +46,10 @@ def write_report_png(
         _show_rgb(figure.add_subplot(grid[0, 3]), pictures.kernel_row(effective), title)
 
     panels = [
-        ("input", inputs, float(inputs.min()), float(inputs.max()), "gray"),
+        ("input", inputs, *pictures.finite_range(inputs), "gray"),
         ("target", target, low, high, pictures.IMAGE_CMAP),
         ("prediction", prediction, low, high, pictures.IMAGE_CMAP),
-        ("|prediction - target|", error, 0.0, max(float(error.max()), 1e-12), "magma"),
+        ("|prediction - target|", error, 0.0, max(pictures.finite_range(error)[1], 1e-12), "magma"),
     ]
     for column, (name, image, vmin, vmax, cmap) in enumerate(panels):
         axes = figure.add_subplot(grid[1, column])
@@ -70,7 +70,8 @@ def write_activation_figure(path: Path, model: keras.Model, image: np.ndarray) -
     figure = Figure(figsize=(4 * cols, 3.5 * rows), layout="constrained")
     for index, (name, maps) in enumerate(outputs.items()):
         axes = figure.add_subplot(rows, cols, index + 1)
-        title = f"{name}: {maps.shape[2]} ch, {maps.shape[0]}x{maps.shape[1]}, [{maps.min():.3g}, {maps.max():.3g}]"
+        low, high = pictures.finite_range(maps)
+        title = f"{name}: {maps.shape[2]} ch, {maps.shape[0]}x{maps.shape[1]}, [{low:.3g}, {high:.3g}]"
         _show_rgb(axes, pictures.channel_grid(maps), title)
     figure.savefig(path, dpi=80)
     return list(outputs)

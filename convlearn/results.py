@@ -7,6 +7,7 @@ predicting the mean achieves) and ``psnr_db`` (peak = the target's range).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,13 +16,21 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from convlearn.analysis import effective_kernel
 from convlearn.errors import ConvlearnError
 from convlearn.models import conv_layers
+from convlearn.provenance import provenance
 from convlearn.training import History
 
 
 def target_stats(targets: np.ndarray) -> tuple[float, float]:
-    """Variance and range of the target over the compared pixels; refuses a constant target."""
+    """Variance and range of the target over the compared pixels; refuses a constant target, and
+    one that is not finite (an image whose values overflow float32 in the target transform)."""
+    if not np.all(np.isfinite(targets)):
+        raise ConvlearnError(
+            "target: the target transform gives non-finite values on this image (its values overflow float32); "
+            "scale the image to a smaller range (e.g. data.normalize=unit)"
+        )
     variance = float(np.var(targets, dtype=np.float64))
     if not variance > 0:
         raise ConvlearnError(
@@ -45,6 +54,7 @@ def metrics(history: History, final_mse: float, targets: np.ndarray) -> dict:
         "wall_seconds": history.wall_seconds,
         "steps_per_sec": history.steps_per_sec,
         "losses": history.losses,
+        "provenance": provenance(),
     }
     if history.val_losses:
         summary["val_loss"] = history.val_losses[-1][1]  # at the last step
@@ -61,10 +71,24 @@ def psnr_db(peak: float, mse: float) -> float:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically, so a crash never leaves a half-written file behind."""
+    """Write JSON atomically, so a crash never leaves a half-written file behind.
+
+    JSON has no NaN or infinity: a non-finite number (the loss of a diverged step, the PSNR of a
+    perfect fit) is written as ``null``, so every reader can parse the file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
+
+
+def json_safe(value: object) -> object:
+    """``value`` with every non-finite float (in nested dicts and lists too) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def kernel_arrays(model: keras.Model) -> dict[str, np.ndarray]:
@@ -82,8 +106,26 @@ def save_kernels(path: Path, model: keras.Model) -> None:
     np.savez(path, **kernel_arrays(model))
 
 
-def save_run(run_dir: Path, model: keras.Model, summary: dict) -> None:
-    """Model, kernels, then ``metrics.json`` last: its presence means the run is complete."""
+def save_effective_kernels(
+    run_dir: Path, model: keras.Model, image: np.ndarray, target_kernel: np.ndarray | None
+) -> None:
+    """The model's one effective kernel (input channel 0 to output channel 0: exact for a stack of
+    linear convs, linearised at the centre of ``image`` otherwise) as ``effective_kernel.npy``,
+    and a linear target's kernel as ``target_kernel.npy``: plain float64 arrays in
+    cross-correlation order, ready for ``scipy.ndimage.correlate``."""
+    # An image too small to linearise at gives no kernel; the run's other results are kept.
+    with contextlib.suppress(ConvlearnError):
+        np.save(run_dir / "effective_kernel.npy", effective_kernel(model, image), allow_pickle=False)
+    if target_kernel is not None:
+        np.save(run_dir / "target_kernel.npy", np.asarray(target_kernel, np.float64), allow_pickle=False)
+
+
+def save_run(
+    run_dir: Path, model: keras.Model, summary: dict, image: np.ndarray, target_kernel: np.ndarray | None = None
+) -> None:
+    """Model, kernels, then ``metrics.json`` last: its presence means the run is complete.
+    ``image``: a training image (``(H, W, C)``), where a non-linear model's kernel is linearised."""
     model.save(run_dir / "model.keras")
     save_kernels(run_dir / "kernels.npz", model)
+    save_effective_kernels(run_dir, model, image, target_kernel)
     write_json(run_dir / "metrics.json", summary)

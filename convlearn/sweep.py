@@ -1,17 +1,22 @@
 """What a job of a sweep needs beyond a single run.
 
 A sweeper minimises the number ``train.py`` returns, so this module picks that number (the
-``objective`` metric, or :data:`FAILED` for a job that failed), records a failed job in its
-``metrics.json`` so that the sweep goes on, and sizes TensorFlow's thread pools so that jobs run
-in parallel do not fight over the cores.
+``objective`` metric, or :data:`FAILED` for a job that failed), records a job that failed or
+crashed in its ``metrics.json`` so that the sweep goes on and every job leaves its results, and
+shares the machine between jobs run in parallel: TensorFlow's thread pools sized so that they do
+not fight over the cores, and one GPU per job where there are several (on one GPU, memory growth
+lets the jobs fit next to each other).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+
+import tensorflow as tf
 
 from convlearn.errors import ConvlearnError
 from convlearn.perf import set_threads
@@ -23,6 +28,8 @@ OBJECTIVES = ("final_loss", "best_loss", "rel_mse")
 # What a failed job returns. The Optuna sweeper (optuna 2.x) refuses NaN but accepts inf, and its
 # TPE sampler itself ranks failed trials as inf; the basic sweeper ignores the value.
 FAILED = math.inf
+
+log = logging.getLogger("convlearn")
 
 
 def check_objective(name: str) -> str:
@@ -40,12 +47,28 @@ def objective(summary: Mapping, name: str) -> float:
     return value if math.isfinite(value) else FAILED
 
 
-def record_failure(run_dir: Path, reason: str) -> dict:
-    """Write a failed job's ``metrics.json`` (status and reason) and return it."""
-    summary = {"status": "failed", "reason": reason}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "metrics.json", summary)
+def record_failure(run_dir: Path, reason: str, status: str = "failed") -> dict:
+    """Write the ``metrics.json`` of a run that ended without its own (status and reason), keeping
+    the path of its newest checkpoint if it has one, and return it.
+
+    A run dir that cannot be written is reported in the log; the summary is still returned, so
+    that the caller's exit status and the sweep go on."""
+    summary: dict = {"status": status, "reason": reason}
+    index = run_dir / "checkpoints" / "checkpoint"
+    if index.is_file():
+        summary["checkpoint"] = str(index.parent)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "metrics.json", summary)
+    except OSError as err:
+        log.error("cannot write %s: %s", run_dir / "metrics.json", err)
     return summary
+
+
+def record_crash(run_dir: Path, err: BaseException) -> dict:
+    """Record an unexpected exception (a bug in convlearn or a library) as ``"status": "crashed"``
+    with the error, before it ends the run with its traceback or, in a sweep, the job."""
+    return record_failure(run_dir, f"{type(err).__name__}: {err}", status="crashed")
 
 
 def parallel_jobs(n_jobs: int | None, cpus: int) -> int:
@@ -83,3 +106,24 @@ def share_cores(n_jobs: int | None, cpus: int | None = None) -> int | None:
     except ConvlearnError:  # TensorFlow already runs here with another size
         return None
     return threads
+
+
+def gpu_for_job(job: int, gpus: int) -> int:
+    """The GPU (an index) of sweep job number ``job`` on a machine with ``gpus`` GPUs: round robin,
+    so that the first ``gpus`` jobs, which start together, each get their own."""
+    return job % gpus
+
+
+def share_gpus(job: int, n_jobs: int | None) -> str | None:
+    """Give this job of a parallel sweep one GPU of several; returns the GPU's name, or None
+    where nothing was changed (jobs one at a time, fewer than two GPUs, or TensorFlow already
+    using the GPUs in this worker process, which then keeps its first job's GPU)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if parallel_jobs(n_jobs, len(os.sched_getaffinity(0))) == 1 or len(gpus) < 2:
+        return None
+    chosen = gpus[gpu_for_job(job, len(gpus))]
+    try:
+        tf.config.set_visible_devices([chosen], "GPU")
+    except RuntimeError:  # the runtime already started in this worker
+        return None
+    return chosen.name

@@ -35,8 +35,7 @@ class Convolve:
         kernel = np.asarray(kernel, dtype=np.float64)
         if kernel.ndim != 2 or kernel.size == 0:
             raise ConvlearnError(f"target: a kernel must be a non-empty 2-D matrix, got shape {kernel.shape}")
-        if border not in BORDERS:
-            raise ConvlearnError(f"target: border must be one of {sorted(BORDERS)}, got '{border}'")
+        check_border(border)
         self.kernel = kernel
         self.padding = padding
         self.border = border
@@ -46,7 +45,7 @@ class Convolve:
         channels = images.shape[-1]
         weights = tf.constant(np.repeat(self.kernel[:, :, None, None], channels, axis=2), images.dtype)
         if self.padding == "same":
-            images = _pad(images, self.kernel.shape, self.border)
+            images = pad(images, self.kernel.shape, self.border)
         return tf.nn.depthwise_conv2d(images, weights, strides=[1, 1, 1, 1], padding="VALID")
 
     def linear_kernel(self) -> np.ndarray | None:
@@ -247,7 +246,15 @@ def _scaled_range(name: str, span: Sequence[int], size: int, reference: int) -> 
     return slice(start, stop)
 
 
-def _pad(images: tf.Tensor, kernel_shape: tuple[int, int], border: str) -> tf.Tensor:
+def check_border(border: str) -> None:
+    """Refuse a border mode that :func:`pad` does not know, in one line."""
+    if border not in BORDERS:
+        raise ConvlearnError(f"target: border must be one of {sorted(BORDERS)}, got '{border}'")
+
+
+def pad(images: tf.Tensor, kernel_shape: tuple[int, int], border: str) -> tf.Tensor:
+    """Pad ``images`` so that a VALID ``kernel_shape`` window gives a ``same``-size output centred
+    like TensorFlow's (the extra pixel of an even kernel after), the border filled by ``border``."""
     (kh, kw) = kernel_shape
     paddings = [[0, 0], [(kh - 1) // 2, kh // 2], [(kw - 1) // 2, kw // 2], [0, 0]]
     if BORDERS[border] is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import signal
 import threading
 import time
@@ -31,7 +32,7 @@ from convlearn.errors import ConvlearnError
 from convlearn.geometry import Crops
 from convlearn.initialization import unit_variance
 from convlearn.optim import current_lr
-from convlearn.perf import fastest_step
+from convlearn.perf import fastest_step, loss_scaled
 
 log = logging.getLogger("convlearn")
 
@@ -50,6 +51,7 @@ class History:
     skipped_steps: list[int] = field(default_factory=list)
     checkpoint: str | None = None
     jit_compile: bool | None = None  # whether XLA compiled the steps (what trainer.jit_compile=auto picked)
+    start_step: int = 0  # steps already done when this process started training (a resumed run)
 
     def stop(self, status: str, step: int, reason: str) -> None:
         self.status, self.stopped_step, self.reason = status, step, reason
@@ -71,7 +73,10 @@ class History:
 
     @property
     def steps_per_sec(self) -> float:
-        return self.steps / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        """Steps trained in this process over their time (a resumed run's earlier steps took
+        other time); NaN (null in metrics.json) when this process trained none."""
+        trained = self.steps - self.start_step
+        return trained / self.wall_seconds if trained > 0 and self.wall_seconds > 0 else math.nan
 
 
 class StepLogger(Protocol):
@@ -138,7 +143,7 @@ class Trainer:
         keep_checkpoints: int = 2,
         resume: bool = False,
         strategy: str | None = None,
-        precision: Literal["float32", "bf16"] = "float32",
+        precision: Literal["float32", "bf16", "fp16"] = "float32",
         threads: tuple[int, int] | None = None,
         jit_compile: bool | Literal["auto"] = False,
         init: Literal["keras", "lsuv"] = "keras",
@@ -169,6 +174,11 @@ class Trainer:
         if steps_per_call < 1 or (steps_per_call > 1 and self.distribution is not None):
             raise ConvlearnError(
                 f"trainer.steps_per_call: must be >= 1, and 1 with trainer.strategy, got {steps_per_call}"
+            )
+        if precision == "fp16" and self.distribution is not None:
+            raise ConvlearnError(
+                "trainer.precision: fp16's loss scaling runs in the single-device step only; drop trainer.strategy "
+                "or use bf16"
             )
 
     def scope(self) -> contextlib.AbstractContextManager:
@@ -224,6 +234,7 @@ class Trainer:
         """Everything before the first step: the history (restored from the newest checkpoint when
         resuming), the feed from the step it goes on at, LSUV on the first batch of a new run, and
         the compiled step (with ``jit_compile="auto"`` the faster of XLA and the graph)."""
+        optimizer = loss_scaled(optimizer, self.precision)
         candidates = self._steps(model, optimizer, batch.crops)  # built first: they build the optimizer
         # Full-frame training shows the model the same batch at every step.
         feed = itertools.repeat((batch.inputs, batch.targets)) if isinstance(batch, Batch) else iter(batch)
@@ -231,6 +242,7 @@ class Trainer:
         if checkpoint_dir is not None:
             checkpoints = Checkpoints(checkpoint_dir, model, optimizer, self.rng, self.keep_checkpoints)
         history = History(*checkpoints.restore()) if checkpoints and self.resume else History()
+        history.start_step = history.steps
         # A seeded stream replays its draws up to the resumed step, so it goes on where it was.
         feed = itertools.islice(feed, history.steps, None)
         lsuv = self.init == "lsuv" and history.steps == 0  # a resumed run has its trained weights
@@ -323,7 +335,11 @@ class Trainer:
         if self.on_nonfinite == "skip":
             history.skipped_steps.append(step)
             return True
-        history.stop("failed", step, f"non-finite loss or gradient (loss {loss}, gradient norm {grad_norm})")
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            reason = f"the update would make the weights non-finite (loss {loss}, gradient norm {grad_norm})"
+        else:
+            reason = f"non-finite loss or gradient (loss {loss}, gradient norm {grad_norm})"
+        history.stop("failed", step, reason)
         return False
 
     def _checkpoint(self, checkpoints: Checkpoints | None, history: History, every: int) -> None:
@@ -335,25 +351,31 @@ def compiled_step(
     model: keras.Model, optimizer: keras.optimizers.Optimizer, crops: Crops, jit_compile: bool = False
 ):
     """One training step as a ``tf.function`` (compiled by XLA with ``jit_compile``): returns the
-    loss before the update, the gradient norm, and whether both were finite. A non-finite step
-    leaves the weights and the optimizer untouched, so the model stays at its last good state."""
+    loss before the update, the gradient norm, and whether the step was applied. A step whose
+    loss or gradient is not finite, or whose update would make a weight non-finite (a finite
+    gradient times ``lr=inf``, or a huge one that overflows), leaves the weights and the optimizer
+    untouched, so the model always holds its last finite state.
+
+    With a ``LossScaleOptimizer`` (``fp16``) the gradients are of the scaled loss: one that
+    overflowed is the scaler's to handle (it skips that update and lowers the scale), so only a
+    non-finite loss counts as non-finite, and the gradient norm is reported unscaled."""
     variables = model.trainable_variables
     optimizer.build(variables)
+    state = [*variables, *optimizer.variables]
+    scaler = optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
 
     @tf.function(jit_compile=jit_compile)
     def step(inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             prediction = compared(model(inputs, training=True), crops)
             loss = tf.reduce_mean(tf.square(prediction - targets))
-        grads = tape.gradient(loss, variables)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in [loss, *grads]])
-
-        def apply() -> tf.Tensor:
-            optimizer.apply_gradients(zip(grads, variables))
-            return tf.constant(True)
-
-        tf.cond(finite, apply, lambda: tf.constant(False))
-        return loss, tf.linalg.global_norm(grads), finite
+            scaled = loss if scaler is None else scaler.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        scale = tf.constant(1.0) if scaler is None else tf.identity(scaler.dynamic_scale)  # before the update
+        checked = [loss] if scaler is not None else [loss, *grads]
+        finite = tf.reduce_all([all_finite(x) for x in checked])
+        applied = tf.cond(finite, lambda: apply_if_finite(optimizer, grads, variables, state), lambda: False)
+        return loss, tf.linalg.global_norm(grads) / scale, applied
 
     return step
 
@@ -399,20 +421,48 @@ def compiled_chunk(
     return chunk
 
 
+def all_finite(tensor: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_all(tf.math.is_finite(tensor))
+
+
+def apply_if_finite(
+    optimizer: keras.optimizers.Optimizer, grads: Sequence[tf.Tensor], variables: Sequence, state: Sequence
+) -> tf.Tensor:
+    """Apply ``grads``; if that makes a weight or the optimizer's state non-finite (Adam's second
+    moment overflows first: the square of a gradient near 1e20), put ``state`` (the weights and the
+    optimizer's variables) back as it was and return False. The copy costs a few element-wise ops
+    on the weights, which are small next to the convolutions of a step."""
+    before = [tf.identity(v) for v in state]
+    with tf.control_dependencies(before):
+        optimizer.apply_gradients(zip(grads, variables))
+    finite = tf.reduce_all([all_finite(v) for v in state if tf.as_dtype(v.dtype).is_floating])
+
+    def put_back() -> tf.Tensor:
+        for variable, value in zip(state, before):
+            variable.assign(value)
+        return tf.constant(False)
+
+    return tf.cond(finite, lambda: tf.constant(True), put_back)
+
+
 def _until_signal(calls: Iterable[tuple[int, int]], history: History) -> Iterator[tuple[int, int]]:
     """Yield ``(first step, steps)`` calls until Ctrl-C (or SIGTERM) arrives, then mark ``history``
     interrupted at the next call's first step.
 
     The signal only sets a flag that is read between calls, so the checkpoint saved next is
-    consistent; a second Ctrl-C interrupts at once. Handlers can only be installed from the main
-    thread; elsewhere the calls are passed through.
+    consistent; a second Ctrl-C interrupts at once (``train.py`` still records the run as
+    interrupted). A repeated SIGTERM changes nothing: schedulers and ``kill`` send several, and the
+    run is already stopping at the next step; after a SIGTERM, further ones are only logged while
+    the process saves its results and ends. Handlers can only be installed from the main thread;
+    elsewhere the steps are passed through.
     """
     received: list[int] = []
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def request(signum: int, frame: object) -> None:
         received.append(signum)
-        signal.signal(signum, previous[signum])
+        if signum == signal.SIGINT:
+            signal.signal(signum, previous[signum])
 
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
@@ -428,6 +478,8 @@ def _until_signal(calls: Iterable[tuple[int, int]], history: History) -> Iterato
         if main_thread:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if signal.SIGTERM in received:  # the process is ending: let it save and record first
+                signal.signal(signal.SIGTERM, lambda signum, frame: log.warning("already stopping (SIGTERM)"))
 
 
 def mse(model: keras.Model, batch: Batch) -> float:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -442,12 +441,12 @@ def scaling_rows(sizes: Sequence[int], large: int, steps: int, folder: Path) -> 
 
 
 def machine() -> dict:
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
+    device = perf.training_device()
     return {
-        "cpu": names[0] if names else platform.processor(),
+        "cpu": perf.cpu_name(),
+        "device": device.describe(),
         "cores": os.cpu_count(),
-        "bf16": perf.bf16_supported(),
+        "bf16": perf.precision_refusal("bf16", device) is None,  # a GPU from Ampere on, or a CPU with bf16
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }

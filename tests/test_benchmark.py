@@ -52,6 +52,7 @@ def test_peak_memory_is_this_process_own_high_water_mark(tmp_path):
     assert perf.peak_rss_mb(tmp_path / "missing") >= current * 0.9
 
 
+@pytest.mark.slow
 def test_bf16_trains_with_float32_weights_and_loss(make_cfg, tmp_path, monkeypatch, keep_policy):
     monkeypatch.setattr(perf, "cpu_flags", lambda: {"avx512_bf16"})  # run the bf16 path on any CPU
     summary = run_experiment(make_cfg("trainer.precision=bf16", "trainer.steps=4"), tmp_path).metrics
@@ -73,8 +74,8 @@ def test_bf16_is_refused_on_a_cpu_without_bf16(make_cfg, tmp_path, monkeypatch, 
 
 
 def test_precision_and_threads_values_are_checked(make_cfg):
-    with pytest.raises(ConvlearnError, match=r"trainer\.precision: must be one of 'float32', 'bf16', got 'fp16'"):
-        validate(make_cfg("trainer.precision=fp16"))
+    with pytest.raises(ConvlearnError, match=r"trainer\.precision: must be one of 'float32', 'bf16', 'fp16', got 'fp8'"):
+        validate(make_cfg("trainer.precision=fp8"))
     with pytest.raises(ConvlearnError, match=r"trainer\.threads.*\[intra, inter\].*\[2\]"):
         perf.set_threads([2])
 
@@ -181,6 +182,7 @@ def test_fast_preset_is_the_notebook_experiment_with_lsuv_and_a_tuned_adam(make_
         assert compose(config_name="train", overrides=["experiment=fast"]).trainer.steps == 250  # fewer than the notebook's 500
 
 
+@pytest.mark.slow
 def test_xla_step_trains_like_the_plain_step_and_repeats_itself(make_cfg, tmp_path):
     plain = run_experiment(make_cfg("trainer.steps=6"), tmp_path / "plain").metrics
     xla = run_experiment(make_cfg("trainer.steps=6", "trainer.jit_compile=true"), tmp_path / "xla").metrics
@@ -214,6 +216,7 @@ def test_fastest_step_picks_the_faster_and_puts_the_state_back():
     assert float(counter) == 0.0  # 2 * (1 + 3 * 2) steps ran, and none of them counts
 
 
+@pytest.mark.slow
 def test_auto_jit_trains_exactly_like_the_step_it_picked(make_cfg, tmp_path, caplog):
     # The timing steps run on the LSUV-rescaled model and are undone, model and optimizer alike:
     # the run then equals one pinned to the picked step from the start.

@@ -119,6 +119,7 @@ def test_skip_mode_leaves_out_nonfinite_updates_and_finishes(make_cfg, tmp_path)
     assert np.all(np.isfinite(kernels(tmp_path)["conv_00"]))
 
 
+@pytest.mark.slow
 def test_two_seeded_runs_are_bit_identical_and_another_seed_differs(make_cfg, tmp_path):
     first = run_experiment(make_cfg("trainer.seed=3", "trainer.steps=6"), tmp_path / "a").metrics
     second = run_experiment(make_cfg("trainer.seed=3", "trainer.steps=6"), tmp_path / "b").metrics
@@ -153,6 +154,7 @@ def test_resume_trains_further_and_warns_about_a_changed_config(make_cfg, tmp_pa
     assert "optimizer.lr: 0.001 -> 0.003; trainer.steps: 4 -> 7" in caplog.text
 
 
+@pytest.mark.slow
 def test_resumed_patch_stream_draws_the_same_patches(make_cfg, tmp_path):
     from convlearn.data import shapes
 
@@ -164,3 +166,77 @@ def test_resumed_patch_stream_draws_the_same_patches(make_cfg, tmp_path):
     resumed = run_experiment(make_cfg(*patches, "trainer.steps=6", "trainer.resume=true"), tmp_path / "split").metrics
     assert resumed["losses"] == whole["losses"] and len(set(whole["losses"])) == 6
     assert np.array_equal(kernels(tmp_path / "split")["conv_00"], kernels(tmp_path / "whole")["conv_00"])
+
+
+SHORT = ["model=linear", "trainer.checkpoint_every=1", "logger.image_every=0"]
+
+
+def damage_truncated_data(folder):
+    (data,) = folder.glob("ckpt-4.data-*")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+
+
+def damage_missing_index(folder):
+    (folder / "ckpt-4.index").unlink()
+
+
+@pytest.mark.parametrize("damage", [damage_truncated_data, damage_missing_index])
+def test_resume_passes_over_a_damaged_newest_checkpoint_to_the_one_before(make_cfg, tmp_path, caplog, damage):
+    whole = run_experiment(make_cfg(*SHORT, "trainer.steps=6"), tmp_path / "whole").metrics
+    run_dir = tmp_path / "run"
+    run_experiment(make_cfg(*SHORT, "trainer.steps=4"), run_dir).metrics  # keeps ckpt-3 and ckpt-4
+    damage(run_dir / "checkpoints")
+
+    resumed = run_experiment(make_cfg(*SHORT, "trainer.steps=6", "trainer.resume=true"), run_dir).metrics
+    assert resumed["losses"] == whole["losses"]  # steps 3..5 trained again from ckpt-3, as the whole run did
+    if damage is damage_truncated_data:
+        assert "ckpt-4 cannot be read" in caplog.text
+    # This process trained 3 steps: its speed counts those, not the 3 it resumed with.
+    assert resumed["steps_per_sec"] == pytest.approx(3 / resumed["wall_seconds"])
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(make_cfg, tmp_path, caplog):
+    whole = run_experiment(make_cfg(*SHORT, "trainer.steps=3"), tmp_path / "whole").metrics
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)  # claimed, then killed while writing ckpt-1: only its temporary file
+    (folder / "ckpt-1_temp").mkdir()
+    resumed = run_experiment(make_cfg(*SHORT, "trainer.steps=3", "trainer.resume=true"), tmp_path / "run").metrics
+    assert resumed["losses"] == whole["losses"]
+    assert "no complete checkpoint" in caplog.text and "config.yaml is missing" in caplog.text
+
+
+def test_resuming_a_finished_run_records_no_speed(make_cfg, tmp_path):
+    run_experiment(make_cfg(*SHORT, "trainer.steps=2"), tmp_path).metrics
+    resumed = run_experiment(make_cfg(*SHORT, "trainer.steps=2", "trainer.resume=true"), tmp_path).metrics
+    assert resumed["status"] == "completed" and resumed["steps"] == 2
+    assert read_metrics(tmp_path)["steps_per_sec"] is None  # no step trained: no speed to report
+
+
+def test_a_refused_resume_is_one_error_without_tensorflow_warnings(make_cfg, tmp_path, capfd):
+    import gc
+
+    from convlearn.errors import ConvlearnError
+
+    run_experiment(make_cfg(*SHORT, "trainer.steps=2"), tmp_path).metrics
+    capfd.readouterr()
+    with pytest.raises(ConvlearnError, match="does not fit this config's model"):
+        run_experiment(make_cfg("trainer.steps=2", "trainer.resume=true", "logger.image_every=0"), tmp_path).metrics  # model=notebook
+    gc.collect()  # the restore's status warns about every unmatched value when it is collected
+    assert "could not be found" not in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_sigterms_in_quick_succession_still_end_as_interrupted(tmp_path):
+    import time
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    process = start(run_dir)
+    wait_for_checkpoint_after(process, run_dir / "checkpoints", 0)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.03)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-800:]
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "interrupted" and metrics["checkpoint"].endswith(f"ckpt-{metrics['stopped_step']}")

@@ -31,6 +31,17 @@ CONFIG_CASES = {
         "model._target_: cannot import 'convlearn.models.bogus'; it must name an importable callable"
     ),
     ("model.activation=3",): "model.activation: expected a string, got 3",
+    ("optimizer.lr=inf",): "optimizer.lr: must be a finite number, got inf",
+    ("data=noise", "data.std=inf"): "data.std: must be a finite number, got inf",
+    ("data=noise", "data.std=nan"): "data.std: must be a finite number, got nan",
+    ("model._target_=this.nothing",): (
+        "model._target_: 'this.nothing' is outside convlearn, keras; a config only builds their callables "
+        "(trust another module with CONVLEARN_TRUSTED_TARGETS=<module>)"
+    ),
+    ("optimizer.cls=os.system",): (
+        "optimizer.cls: must name a class of convlearn, keras (trust another module with "
+        "CONVLEARN_TRUSTED_TARGETS=<module>), got 'os.system'"
+    ),
     ("data.height=1.5",): "data.height: expected an integer, got 1.5",
     ("data.noise=-1",): "data.noise: must be >= 0, got -1",
     ("+data.brightness=[1]",): "data.brightness: expected a list of 2 values, got [1]",
@@ -48,6 +59,16 @@ def test_config_mistake_is_named_in_one_line(make_cfg, overrides, message):
     with pytest.raises(ConvlearnError) as caught:
         validate(make_cfg(*overrides))
     assert str(caught.value) == message
+
+
+def test_a_foreign_target_is_refused_before_its_module_is_imported_unless_trusted(make_cfg, monkeypatch):
+    cfg = make_cfg("model._target_=this.nothing")
+    with pytest.raises(ConvlearnError, match="outside convlearn"):
+        validate(cfg)
+    assert "this" not in sys.modules  # importing it would print the Zen of Python
+    monkeypatch.setenv("CONVLEARN_TRUSTED_TARGETS", "json, this")
+    with pytest.raises(ConvlearnError, match="cannot import 'this.nothing'"):
+        validate(cfg)  # trusted now: imported, and found not to hold the callable
 
 
 def test_missing_values_and_required_arguments_are_named():
@@ -94,7 +115,20 @@ def input_cases(folder):
     np.save(folder / "pickled.npy", np.array([{"a": 1}], dtype=object))
     write_header_only(folder / "huge.npy", (100_000, 100_000), sparse=True)  # 80 GB on paper, no disk
     write_header_only(folder / "truncated.npy", (40, 48), sparse=False)
+    np.save(folder / "empty.npy", np.zeros((0, 0), np.float32))
+    np.save(folder / "complex.npy", np.ones((40, 48), np.complex64))
+    np.save(folder / "loud.npy", np.random.default_rng(0).random((40, 48)) * 1e30)
+    long_name = "a" * 300 + ".npy"
     return {
+        "empty.npy": f"data.path: {folder}/empty.npy holds an empty 0x0 array; an image needs at least one pixel",
+        "complex.npy": (
+            f"data.path: {folder}/complex.npy holds complex numbers (complex64); save a real array (its real part or abs)"
+        ),
+        "loud.npy": (
+            "target: the target transform gives non-finite values on this image (its values overflow float32); "
+            "scale the image to a smaller range (e.g. data.normalize=unit)"
+        ),
+        long_name: f"data.path: cannot open {folder}/{long_name}: File name too long",
         "nan.npy": f"data.path: {folder}/nan.npy contains NaN or infinite pixels",
         "flat.npy": (
             "target is constant over the compared region (variance 0), so rel_mse and PSNR are undefined; "
@@ -127,7 +161,7 @@ def write_header_only(path, shape, sparse):
 def test_bad_inputs_fail_before_training_and_leave_the_run_dir_empty(tmp_path, monkeypatch):
     monkeypatch.setattr("convlearn.data._physical_memory", lambda: 16 * 2**30)
     for name, message in input_cases(tmp_path).items():
-        run_dir = tmp_path / f"run-{name}"
+        run_dir = tmp_path / f"run-{name[:20]}"
         with pytest.raises(ConvlearnError) as caught:
             run_experiment(file_cfg(tmp_path / name), run_dir)
         assert str(caught.value) == message

@@ -2,9 +2,16 @@
 
 import itertools
 import json
+import tempfile
+from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
+import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from PIL import Image
 from scipy.ndimage import correlate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -54,6 +61,64 @@ def test_load_npy_and_png_roundtrip(tmp_path):
     loaded = load_image(tmp_path / "a.png")
     assert loaded.shape == (3, 4) and loaded.dtype == np.float32
     assert np.allclose(loaded, pixels / 255.0, atol=1 / 255)
+
+
+def write_picture(path: Path, pixels: np.ndarray) -> None:
+    """PNG through libpng, TIFF through tifffile: both keep 16-bit colour, unlike Pillow."""
+    if path.suffix == ".png":
+        path.write_bytes(imagecodecs.png_encode(pixels))
+    else:
+        tifffile.imwrite(path, pixels)
+
+
+SIXTEEN_BIT = st.sampled_from([(9, 7), (9, 7, 3), (5, 6, 4)]).flatmap(lambda shape: arrays(np.uint16, shape))
+
+
+@settings(max_examples=30, deadline=None)
+@given(pixels=SIXTEEN_BIT, suffix=st.sampled_from([".png", ".tif"]))
+def test_16_bit_pictures_keep_every_level(pixels, suffix):
+    with tempfile.TemporaryDirectory() as folder_:
+        path = Path(folder_) / f"a{suffix}"
+        write_picture(path, pixels)
+        channels = "gray" if pixels.ndim == 2 else "rgb"
+        loaded = load_image(path, channels)
+    colour = pixels if pixels.ndim == 2 else pixels[..., :3]  # alpha dropped
+    assert loaded.dtype == np.float32 and loaded.shape == colour.shape
+    # Every one of the 65536 levels comes back as itself: nothing was rounded to 8 bits.
+    np.testing.assert_array_equal(np.round(loaded.astype(np.float64) * 65535).astype(np.uint16), colour)
+
+
+def test_colour_becomes_gray_by_its_luma_and_gray_becomes_colour(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 65536, size=(6, 5, 3), dtype=np.uint16)
+    write_picture(tmp_path / "c.png", pixels)
+    expected = pixels.astype(np.float64) @ [0.299, 0.587, 0.114] / 65535
+    np.testing.assert_allclose(load_image(tmp_path / "c.png", "gray"), expected, rtol=1e-6)
+    write_picture(tmp_path / "g.tif", pixels[..., 0])
+    gray_as_colour = np.repeat(pixels[..., :1] / 65535, 3, axis=-1)
+    np.testing.assert_allclose(load_image(tmp_path / "g.tif", "rgb"), gray_as_colour, rtol=1e-6)
+
+
+def test_float_tiffs_keep_their_values_and_planar_colour_is_read_as_colour(tmp_path):
+    values = np.random.default_rng(1).normal(100.0, 30.0, size=(7, 9)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "f.tif", values)
+    np.testing.assert_array_equal(load_image(tmp_path / "f.tif"), values)
+    planes = np.random.default_rng(2).integers(0, 65536, size=(3, 7, 9), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "p.tif", planes, photometric="rgb", planarconfig="separate")
+    np.testing.assert_allclose(load_image(tmp_path / "p.tif", "rgb"), np.moveaxis(planes, 0, -1) / 65535, rtol=1e-6)
+
+
+def test_a_stack_a_bomb_or_a_broken_tiff_is_refused_with_one_line(tmp_path, monkeypatch):
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((2, 3, 4, 5, 6), np.uint8), photometric="minisblack")
+    with pytest.raises(ConvlearnError, match=r"^data.path: .*s.tif holds a .* stack, not one gray or colour image"):
+        load_image(tmp_path / "s.tif")
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((8, 9), np.uint16))
+    with monkeypatch.context() as patch:
+        patch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # as if it had billions of pixels
+        with pytest.raises(ConvlearnError, match=r"^data.path: cannot read image .*big.tif: 8x9 values, more than tw"):
+            load_image(tmp_path / "big.tif")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00 not really")
+    with pytest.raises(ConvlearnError, match=r"^data.path: cannot read image .*broken.tif"):
+        load_image(tmp_path / "broken.tif")
 
 
 @pytest.mark.parametrize(
@@ -110,6 +175,7 @@ def tiny_model(kernel_size=3, channels=1):
     return models.linear(kernel_size=kernel_size, channels=channels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("patch_size", ["null", "24"])
 def test_pairs_learn_the_filter_that_made_the_targets(make_cfg, tmp_path, patch_size):
     write_pairs(tmp_path, 5)

@@ -58,6 +58,7 @@ def test_trainer_rescales_before_its_first_step(make_cfg):
     assert history.losses[0] != pytest.approx(unscaled, rel=1e-2)
 
 
+@pytest.mark.slow
 def test_resumed_run_keeps_its_trained_weights(make_cfg, tmp_path):
     # Random patches: the batch the rescaling looks at must also be the first one trained on.
     np.save(tmp_path / "image.npy", shapes(40, 48, n_circles=3, n_squares=3, min_size=4, max_size=10))

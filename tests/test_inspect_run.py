@@ -91,3 +91,39 @@ def test_a_run_on_the_users_file_is_inspected_with_every_metric(inspect_run, tmp
     for key in summary:
         assert f"{key:>16}: " in out, key
     assert "1 layers" in out and (run_dir / "activations.png").is_file()
+
+
+def test_a_run_dirs_config_cannot_make_it_call_a_foreign_callable(run, inspect_run, tmp_path, capsys):
+    run_dir, _, cfg = run
+    sent = tmp_path / "sent"
+    sent.mkdir()
+    for name in ("metrics.json", "model.keras"):
+        (sent / name).write_bytes((run_dir / name).read_bytes())
+    (sent / ".hydra").mkdir()
+    marker = tmp_path / "ran"
+    bad = OmegaConf.to_container(cfg)
+    bad["data"] = {"_target_": "os.system", "command": f"touch {marker}"}
+    OmegaConf.save(OmegaConf.create(bad), sent / ".hydra" / "config.yaml")
+    # Trusting os in the environment does not widen what a run dir may build.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CONVLEARN_TRUSTED_TARGETS", "os")
+        assert inspect_run.main([str(sent)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("convlearn: error: data._target_: 'os.system' is outside convlearn")
+    assert error.count("\n") == 1
+    assert not marker.exists()
+
+
+def test_a_model_with_a_lambda_layer_is_refused_in_one_line(run, inspect_run, tmp_path, capsys):
+    import keras
+
+    run_dir, _, _ = run
+    sent = tmp_path / "lambda"
+    sent.mkdir()
+    (sent / "metrics.json").write_bytes((run_dir / "metrics.json").read_bytes())
+    inputs = keras.Input((8, 8, 1))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs)).save(sent / "model.keras")
+    assert inspect_run.main([str(sent), "--image", str(tmp_path / "x.npy")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"convlearn: error: RUN_DIR: cannot load {sent / 'model.keras'} safely")
+    assert error.count("\n") == 1

@@ -4,6 +4,7 @@ import io
 import json
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,7 +16,10 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from conftest import ROOT, TINY
 from convlearn.config import build
 from convlearn.data import make_batch
-from convlearn.logs import TensorBoardLogger, effective_kernels, hparams_from_config, write_histogram
+from convlearn.geometry import conv
+from convlearn.logs import (
+    TensorBoardLogger, effective_kernels, hparams_from_config, landmark_kernels, landmarks, write_histogram,
+)
 from convlearn.models import linear, sequential
 from convlearn.pipeline import run_experiment
 
@@ -87,7 +91,8 @@ def test_pictures_at_start_every_n_and_end(notebook_run):
     first_layer = png(events["activations/conv_00"][0])
     assert first_layer.shape[:2] == (39, 2 * 47 + 2)  # two 39x47 maps side by side
     effective = png(events["kernels/effective"][0])
-    assert effective.shape[:2] == (22 * 8, 22 * 8)  # the 22x22 receptive field, enlarged 8x
+    # edge_blur is not linear: the 22x22 receptive field's kernel at three pixels, enlarged 8x, 8-px gaps.
+    assert effective.shape[:2] == (22 * 8, 3 * 22 * 8 + 2 * 8)
     assert not np.array_equal(png(events["kernels/conv_00"][0]), png(events["kernels/conv_00"][-1]))
 
 
@@ -186,6 +191,37 @@ def test_effective_kernel_of_a_linear_model_is_its_kernel_next_to_the_targets(tm
     assert png(events["kernels/effective"][0]).shape[:2] == (6 * 32, 4 * 32 + 8 + 6 * 32)
 
 
+def square_picture():
+    """A bright 16x16 square on a dark 40x40 floor, its top-left corner at (12, 12)."""
+    image = np.zeros((40, 40), np.float32)
+    image[12:28, 12:28] = 1.0
+    return image
+
+
+def test_landmarks_are_a_flat_spot_an_edge_and_a_corner():
+    fp = conv((3, 3))  # output pixel (i, j) is centred on input pixel (i + 1, j + 1)
+    flat, edge, corner = [(r + 1, c + 1) for r, c in landmarks(square_picture(), fp, (38, 38))]
+    def to_side(v):  # distance to the nearest of the square's sides (the steps lie between pixels)
+        return min(abs(v - 11.5), abs(v - 27.5))
+
+    assert min(to_side(v) for v in flat) > 5  # away from the square's sides (the 5x5 windows see nothing)
+    assert sorted(to_side(v) <= 3 for v in edge) == [False, True]  # near one side, away from its corners
+    assert all(to_side(v) <= 3 for v in corner)  # near two sides: a corner
+    assert landmarks(square_picture(), conv((41, 41)), (0, 0)) == []  # no receptive field fits
+
+
+def test_a_non_linear_model_has_a_kernel_per_landmark():
+    # relu(x - 0.5), 1x1: slope 1 on the bright square, 0 on the dark floor.
+    model = sequential([dict(filters=1, kernel_size=1, activation="relu", kernel_initializer="ones",
+                             bias_initializer=keras.initializers.Constant(-0.5))])
+    flat, edge, corner = landmark_kernels(model, square_picture()[..., None])
+    assert flat.shape == (1, 1) and flat[0, 0] == 0.0  # the flat spot is on the floor
+    linear_model = linear(kernel_size=3)
+    kernel = linear_model.layers[0].kernel.numpy()[:, :, 0, 0]
+    for found in landmark_kernels(linear_model, square_picture()[..., None]):
+        assert np.allclose(found, kernel, atol=1e-6)
+
+
 def test_logger_flushes_and_closes_when_training_fails(tmp_path):
     model = linear(kernel_size=4)
     batch = small_batch(model)
@@ -199,3 +235,47 @@ def test_logger_flushes_and_closes_when_training_fails(tmp_path):
     assert math.isclose(values(events, "rel_mse")[0], 0.5 / np.var(targets, dtype=np.float64), rel_tol=1e-5)
     peak = float(targets.max() - targets.min())
     assert math.isclose(values(events, "psnr_db")[0], 10 * math.log10(peak**2 / 0.5), rel_tol=1e-5)
+
+
+def test_a_failing_dashboard_part_is_skipped_with_one_warning_and_training_goes_on(tmp_path, monkeypatch, caplog):
+    from convlearn import pictures
+
+    def broken(*args, **kwargs):
+        raise ValueError("Too many bins for data range")
+
+    monkeypatch.setattr(pictures, "kernel_grid", broken)
+    summary = run_experiment(compose_cfg("model=linear"), tmp_path).metrics  # pictures at steps 0, 5, 10 and the end
+    assert summary["status"] == "completed" and summary["steps"] == 12
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+    assert (tmp_path / "checkpoints" / "ckpt-12.index").is_file()
+    warnings = [r.getMessage() for r in caplog.records if "dashboard part" in r.getMessage()]
+    # Once per part, at its first failure: the kernels of the dashboard, and report.png that draws them too.
+    assert warnings == [
+        f"dashboard part '{part}' failed at step {step} and is skipped (ValueError: Too many bins for data range); "
+        "training goes on"
+        for part, step in [("kernels", 0), ("report.png", 12)]
+    ]
+    _, events = read_events(tmp_path / "tb")
+    assert "kernels/conv_00" not in events  # skipped...
+    assert [e.step for e in events["prediction"]] == PICTURE_STEPS  # ...and every other part still drawn
+    assert len(events["kernels/effective"]) == 4
+
+
+def test_a_full_disk_loses_neither_metrics_nor_the_checkpoint(tmp_path, monkeypatch, caplog):
+    from matplotlib.figure import Figure
+
+    import convlearn.logs
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)  # report.png
+    monkeypatch.setattr(convlearn.logs, "write_image", disk_full)  # every TensorBoard picture
+    monkeypatch.setattr(tf.summary, "scalar", disk_full)
+    summary = run_experiment(compose_cfg("model=linear"), tmp_path).metrics
+    assert summary["status"] == "completed"
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 12
+    assert (tmp_path / "checkpoints" / "ckpt-12.index").is_file() and (tmp_path / "kernels.npz").is_file()
+    assert not (tmp_path / "report.png").exists()
+    failed = {r.getMessage().split("'")[1] for r in caplog.records if "dashboard part" in r.getMessage()}
+    assert {"report.png", "prediction", "scalars"} <= failed

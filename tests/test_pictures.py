@@ -1,5 +1,7 @@
 """Pictures: colour scales, kernel grids and channel grids read the way a person expects."""
 
+import math
+
 import numpy as np
 import pytest
 from matplotlib import colormaps
@@ -67,3 +69,161 @@ def test_colorize_gives_the_colour_maps_own_colours(cmap):
         expected = (colormaps[cmap](scale)[..., :3] * 255).round().astype(np.uint8)
         assert np.array_equal(pictures.colorize(values, low, high, cmap), expected)
     assert (pictures.colorize(values, -1.0, 1.0, cmap)[0, 0, 0] == 0).all()  # NaN is black
+
+
+# Property-based tests: what holds for every array a run can produce, not only for the ones above.
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+from convlearn.logs import histogram_buckets  # noqa: E402
+from convlearn.results import json_safe, psnr_db  # noqa: E402
+
+PROPERTIES = settings(max_examples=60, deadline=None)
+
+# Any float32, across the whole range: the limits (+-3.4e38), denormals, NaN and both infinities.
+ANY_FLOAT = st.floats(width=32, allow_nan=True, allow_infinity=True, allow_subnormal=True)
+SIDE = st.integers(1, 9)  # 1x1 and 1xN included
+
+
+def float_arrays(shape):
+    return hnp.arrays(np.float32, shape, elements=ANY_FLOAT)
+
+
+@st.composite
+def constant_or_any(draw, shape):
+    """Arrays of any values, or of one value repeated (a flat layer, a dead kernel)."""
+    if draw(st.booleans()):
+        return np.full(draw(shape), draw(ANY_FLOAT), np.float32)
+    return draw(float_arrays(shape))
+
+
+def table_colours(cmap):
+    return {tuple(c) for c in pictures._colour_table(cmap)}
+
+
+@PROPERTIES
+@given(constant_or_any(hnp.array_shapes(min_dims=1, max_dims=3, max_side=7)), ANY_FLOAT, ANY_FLOAT)
+def test_colorize_gives_one_map_colour_per_value_and_black_only_for_nan(array, low, high):
+    low, high = pictures.finite_range(np.array([low, high]))  # a scale as callers make it
+    rgb = pictures.colorize(array, low, high, "viridis")
+    assert rgb.shape == (*array.shape, 3) and rgb.dtype == np.uint8
+    assert {tuple(c) for c in rgb.reshape(-1, 3)} <= table_colours("viridis")
+    assert np.array_equal(np.all(rgb == 0, axis=-1), np.isnan(array))  # viridis has no black of its own
+    # Order is kept: on the gray map a larger value is never darker.
+    gray = pictures.colorize(array, low, high, "gray")[..., 0].astype(int).ravel()
+    values = array.ravel()
+    keep = ~np.isnan(values)
+    order = np.argsort(values[keep], kind="stable")
+    assert np.all(np.diff(gray[keep][order]) >= 0)
+
+
+@PROPERTIES
+@given(constant_or_any(hnp.array_shapes(min_dims=1, max_dims=3, max_side=7)))
+def test_finite_range_brackets_exactly_the_finite_values(array):
+    low, high = pictures.finite_range(array)
+    assert math.isfinite(low) and math.isfinite(high) and low <= high
+    finite = array[np.isfinite(array)]
+    if finite.size:
+        assert (low, high) == (float(finite.min()), float(finite.max()))
+    else:
+        assert (low, high) == (0.0, 0.0)
+
+
+@PROPERTIES
+@given(st.data(), SIDE, SIDE)
+def test_comparison_is_four_panels_of_the_images_size(data, height, width):
+    inputs, target, prediction = (data.draw(constant_or_any(st.just((height, width)))) for _ in range(3))
+    picture = pictures.comparison(inputs, target, prediction)
+    assert picture.shape == (height, 4 * width + 3 * 4, 3) and picture.dtype == np.uint8
+    error_panel = picture[:, 3 * (width + 4):]
+    nan_error = np.isnan(pictures.absolute_error(target, prediction))
+    assert np.array_equal(np.all(error_panel == 0, axis=-1), nan_error)  # black exactly where the error is NaN
+
+
+@PROPERTIES
+@given(st.data(), st.integers(1, 5), st.integers(1, 5), st.integers(1, 4), st.integers(1, 6))
+def test_kernel_grid_has_a_tile_per_channel_pair_and_draws_zero_in_the_middle_colour(data, kh, kw, n_in, n_out):
+    kernel = data.draw(constant_or_any(st.just((kh, kw, n_in, n_out))))
+    grid = pictures.kernel_grid(kernel, cell=12, gap=2)
+    side = max(1, 12 // max(kh, kw))
+    assert grid.shape == (n_in * (kh * side + 2) - 2, n_out * (kw * side + 2) - 2, 3) and grid.dtype == np.uint8
+    assert {tuple(c) for c in grid.reshape(-1, 3)} <= table_colours(pictures.KERNEL_CMAP) | {(255, 255, 255)}
+    tiles = grid.reshape(-1, 3)
+    middle = pictures.colorize(np.zeros(1), -1.0, 1.0, pictures.KERNEL_CMAP)[0]
+    if np.any(kernel == 0):
+        assert np.any(np.all(tiles == middle, axis=-1))  # a zero tap is the scale's centre, whatever the others
+
+
+@PROPERTIES
+@given(st.data(), st.lists(st.tuples(SIDE, SIDE), min_size=1, max_size=3))
+def test_kernel_row_puts_kernels_side_by_side_on_one_enlargement(data, shapes):
+    kernels = [data.draw(constant_or_any(st.just(shape))) for shape in shapes]
+    row = pictures.kernel_row(kernels, cell=36, gap=3)
+    factor = max(1, 36 // max(max(shape) for shape in shapes))
+    assert row.shape == (factor * max(h for h, _ in shapes), sum(factor * w for _, w in shapes) + 3 * (len(shapes) - 1), 3)
+    assert row.dtype == np.uint8
+
+
+@PROPERTIES
+@given(st.data(), SIDE, SIDE, st.integers(1, 128), st.integers(8, 64))
+def test_channel_grid_shows_every_channel_within_its_size_limit(data, height, width, channels, max_side):
+    maps = data.draw(constant_or_any(st.just((height, width, channels))))
+    grid = pictures.channel_grid(maps, max_side=max_side, gap=1)
+    cols = math.ceil(math.sqrt(channels))
+    rows = math.ceil(channels / cols)
+    stride = max(1, math.ceil(max(rows * height, cols * width) / max_side))
+    tile_h, tile_w = -(-height // stride), -(-width // stride)
+    assert grid.shape == (rows * (tile_h + 1) - 1, cols * (tile_w + 1) - 1, 3) and grid.dtype == np.uint8
+    # Within the limit, but for at most one pixel a tile that whole strides cannot take off.
+    assert rows * tile_h <= max_side + rows and cols * tile_w <= max_side + cols
+
+
+@PROPERTIES
+@given(constant_or_any(hnp.array_shapes(min_dims=1, max_dims=2, max_side=40)), st.integers(1, 40))
+def test_histogram_buckets_count_every_finite_value_once_between_finite_edges(values, bins):
+    buckets = histogram_buckets(values, bins)
+    assert buckets.shape == (bins, 3) and np.all(np.isfinite(buckets))
+    finite = values[np.isfinite(values)].astype(np.float64)
+    assert buckets[:, 2].sum() == finite.size and np.all(buckets[:, 2] >= 0)
+    assert np.all(buckets[:, 0] <= buckets[:, 1]) and np.array_equal(buckets[:-1, 1], buckets[1:, 0])
+    if finite.size:
+        assert buckets[0, 0] <= finite.min() and finite.max() <= buckets[-1, 1]
+    if finite.size and finite.min() < finite.max():  # the extremes fall in the end buckets
+        assert buckets[0, 2] >= np.count_nonzero(finite == finite.min())
+        assert buckets[-1, 2] >= np.count_nonzero(finite == finite.max())
+
+
+@PROPERTIES
+@given(st.floats(min_value=1e-30, max_value=3e38), ANY_FLOAT, ANY_FLOAT)
+def test_psnr_is_finite_for_a_finite_positive_mse_and_falls_as_the_mse_grows(peak, mse, other):
+    value = psnr_db(peak, mse)
+    if math.isfinite(mse) and mse > 0:
+        assert math.isfinite(value)
+        if math.isfinite(other) and other > mse:
+            assert psnr_db(peak, other) <= value
+    elif not math.isfinite(mse):
+        assert math.isnan(value)
+
+
+@PROPERTIES
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    max_leaves=12,
+))
+def test_json_safe_data_always_serialises_as_strict_json_and_keeps_finite_values(data):
+    import json
+
+    text = json.dumps(json_safe(data), allow_nan=False)  # raises on any NaN/Infinity left
+
+    def expected(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: expected(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [expected(v) for v in value]
+        return value
+
+    assert json.loads(text) == expected(data)

@@ -169,3 +169,20 @@ def test_the_readme_closed_form_solve_recovers_the_gaussian(user_files, monkeypa
     run_main(monkeypatch, *solve.args, "data.height=40", "data.width=48", "hydra.run.dir=run")
     metrics = json.loads((user_files / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["kernel_rel_error"] < 1e-5
+
+
+def python_blocks(page: Path) -> list[str]:
+    """The ```python blocks of ``page``, as written."""
+    return re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+
+
+@pytest.mark.slow
+def test_the_readme_api_example_runs_as_printed(tmp_path, monkeypatch):
+    (example,) = python_blocks(ROOT / "README.md")
+    monkeypatch.chdir(tmp_path)  # the API writes its run dir under the working directory, like train.py
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.metrics["status"] == "completed" and result.metrics["kernel_rel_error"] < 1e-4
+    assert result.kernels["conv_00"].shape == (5, 5, 1, 1)
+    assert result.run_dir.is_relative_to(tmp_path / "outputs") and (result.run_dir / "metrics.json").is_file()

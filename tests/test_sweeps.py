@@ -8,12 +8,16 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT, TINY
 from convlearn.errors import ConvlearnError
-from convlearn.sweep import FAILED, objective, parallel_jobs, threads_per_job
+from convlearn import sweep as sweep_module
+from convlearn.sweep import FAILED, gpu_for_job, objective, parallel_jobs, share_gpus, threads_per_job
 from scripts.sweep_report import report
 
 # Fewer steps and pictures than TINY: a sweep runs several jobs in one test.
@@ -113,3 +117,101 @@ def test_objective_is_the_chosen_metric_and_failures_are_worst():
 def test_parallel_jobs_and_threads_share_the_cores():
     assert [parallel_jobs(n, cpus=8) for n in (None, 1, 3, -1, -2, -20)] == [1, 1, 3, 8, 7, 1]
     assert [threads_per_job(jobs, cpus=8) for jobs in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+
+
+@given(gpus=st.integers(1, 16), first=st.integers(0, 1000), jobs=st.integers(1, 64))
+def test_parallel_jobs_are_dealt_over_the_gpus_evenly(gpus, first, jobs):
+    chosen = [gpu_for_job(job, gpus) for job in range(first, first + jobs)]
+    assert all(0 <= gpu < gpus for gpu in chosen)
+    counts = np.bincount(chosen, minlength=gpus)
+    assert counts.max() - counts.min() <= 1  # any run of consecutive jobs is spread evenly
+    assert len(set(chosen[:gpus])) == min(jobs, gpus)  # jobs that start together get GPUs of their own
+
+
+class FakeConfig:
+    """``tf.config``'s device calls on a machine with ``gpus`` GPUs whose runtime may already run."""
+
+    def __init__(self, gpus: int, started: bool = False) -> None:
+        self.gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(gpus)]
+        self.started, self.visible = started, None
+
+    def list_physical_devices(self, kind):
+        return self.gpus if kind == "GPU" else []
+
+    def set_visible_devices(self, devices, kind):
+        if self.started:
+            raise RuntimeError("Visible devices cannot be modified after being initialized")
+        self.visible = devices
+
+
+@pytest.mark.parametrize(
+    "gpus, n_jobs, started, job, expected",
+    [(4, 2, False, 5, 1), (4, -1, False, 6, 2), (1, 2, False, 3, None), (4, None, False, 1, None),
+     (4, 1, False, 1, None), (4, 2, True, 1, None)],
+)
+def test_a_parallel_job_gets_one_gpu_of_several(monkeypatch, gpus, n_jobs, started, job, expected):
+    fake = FakeConfig(gpus, started)
+    monkeypatch.setattr(sweep_module.tf, "config", fake)
+    monkeypatch.setattr(sweep_module.os, "sched_getaffinity", lambda pid: set(range(8)))
+    name = share_gpus(job, n_jobs)
+    if expected is None:
+        assert name is None and fake.visible is None
+    else:
+        assert name == f"/physical_device:GPU:{expected}" and fake.visible == [fake.gpus[expected]]
+
+
+@pytest.mark.slow
+def test_a_job_diverging_to_huge_finite_gradients_leaves_its_results_and_the_sweep_goes_on(tmp_path):
+    # The sweep a new user tries first: job 3 (the notebook's model at lr 1e6) reaches gradients near
+    # the float32 limit, which once ended it inside the histogram code; pictures are drawn every 5 steps.
+    sweep_dir = tmp_path / "lr"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", "optimizer.lr=1e-3,1e6", "model=linear,notebook", *TINY,
+         "trainer.steps=10", "data.height=48", "data.width=64", f"hydra.sweep.dir={sweep_dir}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = [metrics(sweep_dir / str(n)) for n in range(4)]
+    assert [job["status"] for job in jobs] == ["completed", "completed", "completed", "failed"]
+    assert "non-finite" in jobs[3]["reason"]
+    assert "dashboard part" not in result.stderr  # the pictures of the huge weights were drawn too
+    for n in range(4):
+        assert (sweep_dir / str(n) / "kernels.npz").is_file() and (sweep_dir / str(n) / "model.keras").is_file()
+
+
+@pytest.mark.slow
+def test_an_optuna_search_with_diverging_trials_completes_and_picks_a_finite_one(tmp_path):
+    sweep_dir = tmp_path / "optuna"
+    sweep(sweep_dir, "hparams_search=notebook_optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1",
+          "optimizer.lr=choice(1e-3,1e9)", "model.width=8", "model.blur_layers=1", "model.activation=linear")
+    trials = {job.name: metrics(job) for job in sweep_dir.iterdir() if job.is_dir()}
+    assert len(trials) == 3
+    statuses = sorted(trial["status"] for trial in trials.values())
+    assert "failed" in statuses and "completed" in statuses
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert best.best_params["optimizer.lr"] == 1e-3 and math.isfinite(best.best_value)
+
+
+@pytest.mark.slow
+def test_an_unexpected_exception_is_recorded_as_crashed_before_it_ends_the_run(tmp_path, monkeypatch, capsys):
+    from conftest import run_main
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug after training")
+
+    monkeypatch.setattr("convlearn.pipeline.recovery_metrics", bug)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit):  # outside a sweep: Hydra prints its traceback and exits 1
+        run_main(monkeypatch, *TINY, "model=linear", "trainer.steps=2", f"hydra.run.dir={run_dir}")
+    error = capsys.readouterr().err
+    assert "Traceback" in error and "RuntimeError: a bug after training" in error
+    assert metrics(run_dir) == {
+        "status": "crashed", "reason": "RuntimeError: a bug after training", "checkpoint": str(run_dir / "checkpoints"),
+    }
+    assert (run_dir / "checkpoints" / "ckpt-2.index").is_file()
+
+    # In a sweep, the job is recorded the same way, and the sweep goes on.
+    sweep_dir = tmp_path / "sweep"
+    run_main(monkeypatch, "-m", *TINY, "model=linear", "trainer.steps=2", "trainer.seed=0,1",
+             f"hydra.sweep.dir={sweep_dir}")
+    assert [metrics(sweep_dir / str(n))["status"] for n in range(2)] == ["crashed", "crashed"]

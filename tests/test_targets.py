@@ -168,6 +168,7 @@ def test_combine_sum_and_max_equal_the_steps_done_by_hand():
     assert np.allclose(Pipeline([Combine([a, b], how="sum")]).linear_kernel(), a + b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_trains_with_the_default_model(make_cfg, tmp_path, preset):
     # `python train.py target=<preset>`: the seed model's `edge_size: auto` lines it up with any preset.

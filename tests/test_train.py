@@ -17,6 +17,7 @@ def read_events(log_dir):
     return {tag: events.Tensors(tag) for tag in events.Tags()["tensors"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["notebook", "linear"])
 def test_short_run_lowers_the_loss_and_writes_the_run_dir(make_cfg, tmp_path, model):
     cfg = make_cfg(f"model={model}", "trainer.steps=30", "optimizer.lr=3e-3")
