@@ -124,6 +124,9 @@ class Trainer:
     steps on the first batch and trains with the faster (:func:`convlearn.perf.fastest_step`).
     ``init="lsuv"`` rescales the model's kernels on the first training batch before the first
     step (:func:`convlearn.initialization.unit_variance`); ``"keras"`` keeps the layers' own.
+    ``steps_per_call`` runs that many steps in one compiled call (:func:`compiled_chunk`), so the
+    host waits for the device once per call instead of after every step; a call ends early at a
+    step the logger draws pictures after, validation, or a checkpoint, so they see that step's model.
     ``precision`` and ``threads`` are settings of the whole process, fixed before anything is
     built: :func:`convlearn.perf.configure_tensorflow` applies them (the pipeline does, first).
     """
@@ -144,6 +147,7 @@ class Trainer:
         threads: tuple[int, int] | None = None,
         jit_compile: bool | Literal["auto"] = False,
         init: Literal["keras", "lsuv"] = "keras",
+        steps_per_call: int = 1,
     ) -> None:
         self.steps = steps
         self.val_every = max(1, val_every)
@@ -156,6 +160,7 @@ class Trainer:
         self.resume = resume
         self.jit_compile = jit_compile
         self.init = init
+        self.steps_per_call = steps_per_call
         self.precision, self.threads = precision, threads
         # For data pipelines that draw at random: checkpointed with the model, so a resumed run
         # draws what the uninterrupted run would have drawn.
@@ -165,6 +170,10 @@ class Trainer:
         if jit_compile is True and self.distribution is not None:
             raise ConvlearnError(
                 "trainer.jit_compile: XLA compiles the single-device step only; drop trainer.strategy or jit_compile"
+            )
+        if steps_per_call < 1 or (steps_per_call > 1 and self.distribution is not None):
+            raise ConvlearnError(
+                f"trainer.steps_per_call: must be >= 1, and 1 with trainer.strategy, got {steps_per_call}"
             )
         if precision == "fp16" and self.distribution is not None:
             raise ConvlearnError(
@@ -191,20 +200,23 @@ class Trainer:
         ``checkpoint_dir``, checkpoints go there and ``resume`` starts from the newest one."""
         run = self._start(model, optimizer, batch, logger, validation, checkpoint_dir)
         history = run.history
+        chunk = compiled_chunk(
+            run.step_fn, optimizer, self.steps_per_call, isinstance(batch, Batch),
+            stop_on_nonfinite=self.on_nonfinite == "stop", jit_compile=bool(history.jit_compile),
+        )
         bar = tqdm(
             range(history.steps, self.steps), initial=history.steps, total=self.steps,
             desc="training", disable=not self.progress, mininterval=0.5, leave=False,
         )
+        stops = self._stops(bool(validation), checkpoint_dir is not None, getattr(logger, "image_every", 0))
         start = time.perf_counter()
-        steps = _until_signal(bar, history)
-        for step in steps:
-            loss, grad_norm, finite = run.step_fn(*next(run.feed))
-            loss = float(loss)
-            if not self.after_step(run, step, loss, float(grad_norm), bool(finite)):
+        calls = _until_signal(self._calls(history.steps, stops), history)
+        for first_step, count in calls:
+            if not self._run_call(run, chunk, first_step, count):
                 break
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
-        steps.close()
+            bar.update(count)
+            bar.set_postfix(loss=f"{history.losses[-1]:.3e}", refresh=False)
+        calls.close()
         history.wall_seconds = time.perf_counter() - start
         bar.close()
         self._checkpoint(run.checkpoints, history, every=1)
@@ -250,16 +262,20 @@ class Trainer:
             (history.jit_compile,) = candidates
         return Run(model, optimizer, candidates[history.jit_compile], feed, history, logger, validation, checkpoints)
 
-    def after_step(self, run: Run, step: int, loss: float, grad_norm: float, finite: bool) -> bool:
+    def after_step(
+        self, run: Run, step: int, loss: float, grad_norm: float, finite: bool, learning_rate: float | None = None
+    ) -> bool:
         """The bookkeeping of one finished step (0-based ``step``): the non-finite guard, the
-        history, the logger, validation and checkpoints. False when the run must stop."""
+        history, the logger, validation and checkpoints. False when the run must stop.
+        ``learning_rate``: the rate after that step (default: the optimizer's now)."""
         history = run.history
         if not self._guard(step, finite, loss, grad_norm, history):
             return False
         history.losses.append(loss)
         history.grad_norms.append(grad_norm)
         if run.logger is not None:
-            scalars = {"loss": loss, "grad_norm": grad_norm, "learning_rate": current_lr(run.optimizer)}
+            rate = current_lr(run.optimizer) if learning_rate is None else learning_rate
+            scalars = {"loss": loss, "grad_norm": grad_norm, "learning_rate": rate}
             run.logger.on_step(step, scalars, run.model)
         if run.validation and ((step + 1) % self.val_every == 0 or step + 1 == self.steps):
             val_loss = validation_loss(run.model, run.validation)
@@ -267,6 +283,39 @@ class Trainer:
             if run.logger is not None:
                 run.logger.scalars(step + 1, {"val_loss": val_loss})
         self._checkpoint(run.checkpoints, history, every=self.checkpoint_every)
+        return True
+
+    def _stops(self, validation: bool, checkpoints: bool, image_every: int) -> Callable[[int], bool]:
+        """Whether a call must end after ``done`` steps: the host then needs that step's model
+        (pictures after step 0 and every ``image_every``, validation, a checkpoint)."""
+
+        def stop(done: int) -> bool:
+            return (
+                done == 1
+                or (image_every > 0 and (done - 1) % image_every == 0)
+                or (validation and done % self.val_every == 0)
+                or (checkpoints and self.checkpoint_every > 0 and done % self.checkpoint_every == 0)
+            )
+
+        return stop
+
+    def _calls(self, done: int, stop: Callable[[int], bool]) -> Iterator[tuple[int, int]]:
+        """``(first step, steps)`` of each compiled call: ``steps_per_call`` steps, fewer before a stop."""
+        while done < self.steps:
+            count = 1
+            while count < self.steps_per_call and done + count < self.steps and not stop(done + count):
+                count += 1
+            yield done, count
+            done += count
+
+    def _run_call(self, run: Run, chunk: Callable, first_step: int, count: int) -> bool:
+        """Run ``count`` steps in one call and record each as :meth:`after_step` does; False when
+        the run must stop."""
+        batches = [next(run.feed) for _ in range(count)]
+        losses, grad_norms, finite, rates = (values.numpy() for values in chunk(batches))
+        for index, (loss, grad_norm, ok, rate) in enumerate(zip(losses, grad_norms, finite, rates)):
+            if not self.after_step(run, first_step + index, float(loss), float(grad_norm), bool(ok), float(rate)):
+                return False
         return True
 
     def _steps(
@@ -331,6 +380,47 @@ def compiled_step(
     return step
 
 
+def compiled_chunk(
+    step: Callable, optimizer: object, size: int, same_batch: bool, stop_on_nonfinite: bool, jit_compile: bool = False
+) -> Callable[[list[tuple[tf.Tensor, tf.Tensor]]], tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]]:
+    """Up to ``size`` training ``step``s in one compiled call: takes the steps' ``(inputs, targets)``
+    batches and returns per step the loss, gradient norm, whether both were finite, and the
+    learning rate after it (what the logger shows). With ``stop_on_nonfinite`` the call ends at
+    the first non-finite step (whose update the step did not apply). ``same_batch``: full-frame
+    training, the one batch is passed once instead of stacked per step. One step per call is
+    ``step`` itself, with the learning rate read after it."""
+    if size == 1:
+
+        def single(batches: list[tuple[tf.Tensor, tf.Tensor]]) -> tuple[tf.Tensor, ...]:
+            loss, grad_norm, finite = step(*batches[0])
+            rate = tf.constant([current_lr(optimizer)])
+            return tf.reshape(loss, [1]), tf.reshape(grad_norm, [1]), tf.reshape(finite, [1]), rate
+
+        return single
+
+    @tf.function(jit_compile=jit_compile)
+    def run(inputs: tf.Tensor, targets: tf.Tensor, count: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        results = [tf.TensorArray(dtype, size=0, dynamic_size=True) for dtype in (tf.float32, tf.float32, tf.bool,
+                                                                                   tf.float32)]
+        for i in tf.range(count):
+            loss, grad_norm, finite = step(inputs if same_batch else inputs[i], targets if same_batch else targets[i])
+            rate = tf.cast(optimizer.learning_rate, tf.float32)
+            results = [array.write(i, value) for array, value in zip(results, (loss, grad_norm, finite, rate))]
+            if stop_on_nonfinite and not finite:
+                break
+        return tuple(array.stack() for array in results)
+
+    def chunk(batches: list[tuple[tf.Tensor, tf.Tensor]]) -> tuple[tf.Tensor, ...]:
+        count = tf.constant(len(batches))
+        if same_batch:
+            return run(*batches[0], count)
+        # Padded to ``size`` with the last batch (never trained on), so every call has one shape.
+        padded = batches + batches[-1:] * (size - len(batches))
+        return run(tf.stack([b[0] for b in padded]), tf.stack([b[1] for b in padded]), count)
+
+    return chunk
+
+
 def all_finite(tensor: tf.Tensor) -> tf.Tensor:
     return tf.reduce_all(tf.math.is_finite(tensor))
 
@@ -355,10 +445,11 @@ def apply_if_finite(
     return tf.cond(finite, lambda: tf.constant(True), put_back)
 
 
-def _until_signal(steps: Iterable[int], history: History) -> Iterator[int]:
-    """Yield ``steps`` until Ctrl-C (or SIGTERM) arrives, then mark ``history`` interrupted.
+def _until_signal(calls: Iterable[tuple[int, int]], history: History) -> Iterator[tuple[int, int]]:
+    """Yield ``(first step, steps)`` calls until Ctrl-C (or SIGTERM) arrives, then mark ``history``
+    interrupted at the next call's first step.
 
-    The signal only sets a flag that is read between steps, so the checkpoint saved next is
+    The signal only sets a flag that is read between calls, so the checkpoint saved next is
     consistent; a second Ctrl-C interrupts at once (``train.py`` still records the run as
     interrupted). A repeated SIGTERM changes nothing: schedulers and ``kill`` send several, and the
     run is already stopping at the next step; after a SIGTERM, further ones are only logged while
@@ -378,11 +469,11 @@ def _until_signal(steps: Iterable[int], history: History) -> Iterator[int]:
         for sig in previous:
             signal.signal(sig, request)
     try:
-        for step in steps:
+        for call in calls:
             if received:
-                history.stop("interrupted", step, "interrupted by a signal (Ctrl-C)")
+                history.stop("interrupted", call[0], "interrupted by a signal (Ctrl-C)")
                 return
-            yield step
+            yield call
     finally:
         if main_thread:
             for sig, handler in previous.items():

@@ -4,6 +4,7 @@
     python scripts/benchmark.py --image img.npy --steps 300
     python scripts/benchmark.py --scaling                   # also square images 128..2048, full frame and patches
     python scripts/benchmark.py --quick                     # a tiny image and a few steps: checks that it runs
+    python scripts/benchmark.py --threads                   # also sweep TensorFlow's thread pool sizes
 
 Every row trains the notebook's experiment (its 13-layer model, edge_blur, the generated 300x400
 image or ``--image``) and runs in a process of its own, so that its peak memory (resident set
@@ -12,8 +13,14 @@ freshly. ``--quick`` runs the rows in this process to stay fast: its memory colu
 shared process's peak. Per row: steady steps/s (after the first steps, which trace and compile),
 the ratio to the notebook loop, the wall time from the first step until the model is as good as
 the notebook's after all its steps (its final MSE), peak memory, and the achieved GFLOP/s next to
-a plain matmul's, measured in the same run. A full run also sweeps the thread pools and measures
-the logger's cost in turns with the bare step in one process, free of the drift between processes.
+a plain matmul's, measured in the same run. Keras ``fit`` is called as a user would for many steps
+on one image: a repeated dataset with ``steps_per_epoch``, with and without ``steps_per_execution``.
+
+Rows in separate processes drift by up to ~30% on a busy machine, so a full run also measures the
+loops in turns in one process (the notebook's cell, both fits, convlearn's bare and logged step):
+the ratios between them, each with its spread over the rounds, and the logger's cost come from
+there. Every preset (``experiment=fast``) also trains with seeds 0-4: its seconds to the
+notebook's quality per seed, and that as a fraction of the notebook loop's time.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +60,12 @@ PATCH, PATCH_BATCH = 128, 8
 # The memory goal: patch training on an image this large stays under 2 GB.
 LARGE_SIZE, QUICK_LARGE_SIZE = 4096, 96
 THREAD_SWEEP_STEPS = 100
-# The logger's cost: rounds of this many bare steps and as many logged ones, in turns.
-LOGGING_ROUNDS, LOGGING_CHUNK = 5, 50
+# The loops measured in turns in one process: rounds of this many steps of each.
+IN_TURN_ROUNDS, IN_TURN_CHUNK = 5, 30
+FIT_EXECUTION = 10  # steps_per_execution of the second Keras fit loop
+SEEDS = 5  # seeds 0..4 of every preset, for its time to the notebook's quality
+PARTS = ("rows", "turns", "seeds")
+PRESETS = {"experiment=fast": ["experiment=fast"]}
 NOTEBOOK = "notebook loop"  # the reference every other row is measured against
 ROW_FIELDS = ("name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook_quality", "peak_mem_mb")
 
@@ -112,33 +123,62 @@ def notebook_loop(
 ) -> list[float]:
     """The notebook's training cell: eager GradientTape, Adam with Keras' defaults, the model on
     the full image, MSE against the target. Only its progress bar is left out."""
-    opt = tf.optimizers.Adam()
+    step = notebook_step(model, img, edges_blurred)
     loss_values = []
     clock.start()
     for _ in range(steps):
+        loss_values.append(step())
+        clock.tick()
+    return [float(v) for v in loss_values]
+
+
+def notebook_step(model: keras.Model, img: np.ndarray, edges_blurred: np.ndarray) -> Callable[[], np.ndarray]:
+    """One step of the notebook's training cell (its own Adam), as a function returning the loss."""
+    opt = tf.optimizers.Adam()
+
+    def step() -> np.ndarray:
         with tf.GradientTape() as t:
             prediction = model(img[None, ..., None].astype("float32"))
             loss = tf.reduce_mean((prediction - edges_blurred[None, ..., None]) ** 2)
         grads = t.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
-        loss_values.append(loss.numpy())
-        clock.tick()
-    return [float(v) for v in loss_values]
+        return loss.numpy()
+
+    return step
 
 
 class _FitClock(keras.callbacks.Callback):
-    """Times Keras ``fit``'s epochs (one step each) and keeps each one's loss."""
+    """Times Keras ``fit``'s steps and keeps their losses, from its batch-end calls.
+
+    ``fit`` reports the epoch's running mean loss, so a step's own loss is the change of the
+    running total. With ``steps_per_execution`` K the callback runs once per K steps: each of
+    them gets the call's time and the mean loss of the K (for a falling loss, no lower than the
+    last one's: its time to a quality is never early)."""
 
     def __init__(self, clock: StepClock) -> None:
         super().__init__()
         self.clock, self.losses = clock, []
+        self._total, self._done = 0.0, 0
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.clock.start()
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.losses.append(float(logs["loss"]))
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        total = float(logs["loss"]) * (batch + 1)
+        count = batch + 1 - self._done
         self.clock.tick()
+        self.clock.times.extend([self.clock.times[-1]] * (count - 1))
+        self.losses.extend([(total - self._total) / count] * count)
+        self._total, self._done = total, batch + 1
+
+
+def compile_for_fit(
+    model: keras.Model, inputs: tf.Tensor, targets: tf.Tensor, steps_per_execution: int
+) -> tf.data.Dataset:
+    """Compile the notebook's ``model`` for ``fit`` (Adam with Keras' defaults, MSE) and return the
+    repeated one-image dataset a Keras user would train it on for many steps."""
+    model.compile(optimizer=keras.optimizers.Adam(), loss="mse", steps_per_execution=steps_per_execution)
+    return tf.data.Dataset.from_tensors((inputs, targets)).repeat()
 
 
 def compose_config(overrides: Sequence[str]) -> DictConfig:
@@ -151,11 +191,13 @@ def run_row(spec: dict) -> dict:
 
     ``quality[k]``: the training MSE after ``k + 1`` updates (the next step's loss, and after the
     last step a final evaluation), so it can be compared with the notebook's final MSE. Kind
-    ``logging`` returns :func:`_logging_cost`'s numbers instead."""
+    ``in_turn`` returns :func:`_in_turns`'s numbers instead."""
     perf.set_threads(spec.get("threads"))
     experiment = build_experiment(compose_config(spec["overrides"]))
     trainer, images, target = experiment.trainer, experiment.images, experiment.target
     clock = StepClock()
+    if spec["kind"] == "in_turn":
+        return _in_turns(experiment, spec["rounds"], spec["chunk"])
     if spec["kind"] in ("notebook", "keras_fit"):
         keras.utils.set_random_seed(trainer.seed)
         model = notebook_model()
@@ -166,9 +208,9 @@ def run_row(spec: dict) -> dict:
             image, target_image = images.train[0][..., 0], batch.targets.numpy()[0, ..., 0]
             losses = notebook_loop(model, image, target_image, trainer.steps, clock)
         else:
-            model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+            dataset = compile_for_fit(model, batch.inputs, batch.targets, spec.get("steps_per_execution", 1))
             timer = _FitClock(clock)
-            model.fit(batch.inputs, batch.targets, epochs=trainer.steps, batch_size=1, verbose=0, callbacks=[timer])
+            model.fit(dataset, epochs=1, steps_per_epoch=trainer.steps, verbose=0, callbacks=[timer])
             losses = timer.losses
         train, preview = batch, batch
     else:
@@ -176,13 +218,6 @@ def run_row(spec: dict) -> dict:
         train, preview = experiment.feed.train, experiment.feed.preview
         if spec["kind"] == "bare":
             losses = _bare_loop(model, optimizer, train, trainer.steps, clock)
-        elif spec["kind"] == "logging":
-            make_logger = build(experiment.cfg, "logger")
-            with tempfile.TemporaryDirectory() as log_dir, make_logger(
-                log_dir=Path(log_dir), batch=preview, config_text=OmegaConf.to_yaml(experiment.cfg),
-                hparams=hparams_from_config(experiment.cfg), target_kernel=target.linear_kernel(),
-            ) as logger:
-                return _logging_cost(model, optimizer, train, logger, spec["rounds"], spec["chunk"])
         else:
             with tempfile.TemporaryDirectory() as run_dir:
                 losses = train_experiment(experiment, Path(run_dir), watch=clock.watch).history.losses
@@ -217,31 +252,83 @@ def _bare_loop(
     return [float(v) for v in losses]
 
 
-def _logging_cost(
-    model: keras.Model, optimizer: keras.optimizers.Optimizer, train: object, logger: object, rounds: int, chunk: int
-) -> dict:
-    """The logger's share of a step, in one process: ``chunk`` bare steps, then ``chunk`` steps
-    each followed by the logger's ``on_step`` (pictures at its own ``image_every``), ``rounds``
-    times in turns, so that the machine's drift (rows in separate processes differ by up to ~15%
-    here) falls on both alike."""
+def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
+    """Every loop's speed in one process, in turns: per round ``chunk`` steps of each loop, so
+    that the machine's drift (rows in separate processes differ by up to ~30%) falls on all of
+    them alike. The loops: the notebook's cell; Keras ``fit`` on a repeated dataset, one call of
+    ``chunk`` steps per round, with one step per execution and with ``FIT_EXECUTION``; the
+    trainer's compiled step bare, and followed by the logger's ``on_step`` as the trainer calls it
+    (pictures at the logger's own ``image_every``). Each has its own model, traced before the
+    clock runs. Returns each loop's steps/s per round."""
+    cfg, train = experiment.cfg, experiment.feed.train
+    model, optimizer = experiment.model, experiment.optimizer
+    batch = make_batch(experiment.images.train[0][..., 0], experiment.target, notebook_model())
+    image, target_image = experiment.images.train[0][..., 0], batch.targets.numpy()[0, ..., 0]
     step_fn = compiled_step(model, optimizer, train.crops)
-    step_fn(train.inputs, train.targets)
-    logger.pictures(0, model)  # both traced before the clock runs
-    seconds = {"bare": 0.0, "logged": 0.0}
-    logged_steps = 0
-    for _ in range(rounds):
-        for mode in seconds:
-            start = time.perf_counter()
-            for _ in range(chunk):
+    make_logger = build(cfg, "logger")
+    with tempfile.TemporaryDirectory() as log_dir, make_logger(
+        log_dir=Path(log_dir), batch=experiment.feed.preview, config_text=OmegaConf.to_yaml(cfg),
+        hparams=hparams_from_config(cfg), target_kernel=experiment.target.linear_kernel(),
+    ) as logger:
+        logged_steps = [0]
+
+        def convlearn(steps: int, log: bool) -> None:
+            for _ in range(steps):
                 loss, grad_norm, _ = step_fn(train.inputs, train.targets)
                 scalars = {"loss": float(loss), "grad_norm": float(grad_norm)}
-                if mode == "logged":
-                    logger.on_step(logged_steps, {**scalars, "learning_rate": current_lr(optimizer)}, model)
-                    logged_steps += 1
-            seconds[mode] += time.perf_counter() - start
-    bare, logged = rounds * chunk / seconds["bare"], rounds * chunk / seconds["logged"]
-    return {"rounds": rounds, "steps_per_round": chunk, "bare_steps_per_sec": bare, "logged_steps_per_sec": logged,
-            "overhead": 1 - logged / bare}
+                if log:
+                    logger.on_step(logged_steps[0], {**scalars, "learning_rate": current_lr(optimizer)}, model)
+                    logged_steps[0] += 1
+
+        def fit(per_execution: int) -> Callable[[int], None]:
+            fit_net = notebook_model()
+            dataset = compile_for_fit(fit_net, batch.inputs, batch.targets, per_execution)
+            return lambda steps: fit_net.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+
+        def notebook(steps: int) -> None:
+            for _ in range(steps):
+                notebook_cell()
+
+        keras.utils.set_random_seed(experiment.trainer.seed)
+        notebook_cell = notebook_step(notebook_model(), image, target_image)
+        loops = {
+            NOTEBOOK: notebook,
+            "keras fit": fit(1),
+            f"keras fit steps_per_execution={FIT_EXECUTION}": fit(FIT_EXECUTION),
+            "convlearn bare step": lambda steps: convlearn(steps, log=False),
+            "convlearn": lambda steps: convlearn(steps, log=True),
+        }
+        logger.pictures(0, model)
+        for run in loops.values():
+            run(FIT_EXECUTION)  # traced and compiled outside the clock
+        rates: dict[str, list[float]] = {name: [] for name in loops}
+        for _ in range(rounds):
+            for name, run in loops.items():
+                start = time.perf_counter()
+                run(chunk)
+                rates[name].append(chunk / (time.perf_counter() - start))
+    return {"rounds": rounds, "steps_per_round": chunk, "steps_per_sec": rates}
+
+
+def spread(values: Sequence[float]) -> dict:
+    """The median and the range of a measurement over rounds."""
+    return {"median": float(np.median(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+
+
+def in_turn_ratios(measured: dict) -> dict:
+    """Ratios between loops, one per round (both measured in that round), as median and range;
+    the logger's cost (its share of the logged step's time) likewise."""
+    rates = {name: np.array(values) for name, values in measured["steps_per_sec"].items()}
+    fastest_fit = np.maximum.reduce([values for name, values in rates.items() if name.startswith("keras fit")])
+    ratios = {f"{name} vs {NOTEBOOK}": spread(values / rates[NOTEBOOK]) for name, values in rates.items()
+              if name != NOTEBOOK}
+    ratios["convlearn vs the fastest keras fit"] = spread(rates["convlearn"] / fastest_fit)
+    bare, logged = rates["convlearn bare step"], rates["convlearn"]
+    logging = {"rounds": measured["rounds"], "steps_per_round": measured["steps_per_round"],
+               "bare_steps_per_sec": float(np.mean(bare)), "logged_steps_per_sec": float(np.mean(logged)),
+               "overhead": float(1 - np.mean(logged) / np.mean(bare)), "overhead_per_round": spread(1 - logged / bare)}
+    return {**measured, "steps_per_sec": {name: spread(values) for name, values in rates.items()}, "ratios": ratios,
+            "logging": logging}
 
 
 def run_isolated(spec: dict, isolated: bool) -> dict:
@@ -262,8 +349,11 @@ def run_isolated(spec: dict, isolated: bool) -> dict:
 
 
 def steady_rate(times: Sequence[float]) -> float:
-    """Steps per second after the first steps (which trace and compile; a fifth, at most 10)."""
+    """Steps per second after the first steps (which trace and compile; a fifth, at most 10, and
+    the rest of a group of steps timed together)."""
     warmup = max(1, min(10, len(times) // 5))
+    while warmup < len(times) and times[warmup] == times[warmup - 1]:
+        warmup += 1  # steps timed together (fit's steps_per_execution) end together
     if len(times) <= warmup:
         return len(times) / times[-1]
     return (len(times) - warmup) / (times[-1] - times[warmup - 1])
@@ -303,11 +393,15 @@ def main_rows(
     rows = [
         (NOTEBOOK, {"kind": "notebook", "overrides": run}),
         ("keras fit", {"kind": "keras_fit", "overrides": run}),
+        (f"keras fit steps_per_execution={FIT_EXECUTION}",
+         {"kind": "keras_fit", "steps_per_execution": FIT_EXECUTION, "overrides": run}),
         ("convlearn", {"kind": "trainer", "overrides": run}),
         ("convlearn bare step", {"kind": "bare", "overrides": run}),
         ("convlearn XLA", {"kind": "trainer", "overrides": [*run, "trainer.jit_compile=true"]}),
         ("convlearn bf16", {"kind": "trainer", "overrides": [*run, "trainer.precision=bf16"]}),
-        ("experiment=fast", {"kind": "trainer", "overrides": fast}),
+        *[(name, {"kind": "trainer", "overrides": [*data, *preset, "trainer.progress=false",
+                                                    *([f"trainer.steps={steps}"] if quick else [])]})
+          for name, preset in PRESETS.items()],
         ("experiment=fast bf16", {"kind": "trainer", "overrides": [*fast, "trainer.precision=bf16"]}),
     ]
     rows = [(name, spec) for name, spec in rows if bf16 or "bf16" not in name]
@@ -365,8 +459,16 @@ def benchmark(args: argparse.Namespace) -> dict:
     else:
         data = QUICK_DATA if args.quick else []
     steps = args.steps or (QUICK_STEPS if args.quick else 500)
+    args.seeds = args.seeds or (1 if args.quick else SEEDS)
     info = machine()
-    loops = main_rows(data, steps, info["bf16"], args.quick, args.rows)
+    parts = set(args.parts or (["rows"] if args.rows else PARTS))
+    every = main_rows(data, steps, info["bf16"], args.quick)
+    # The notebook loop is every row's reference; the seeds part also needs its presets' rows.
+    wanted = set()
+    if "rows" in parts:
+        wanted |= {name for name, _ in main_rows(data, steps, info["bf16"], args.quick, args.rows)}
+    wanted |= {NOTEBOOK, *PRESETS} if "seeds" in parts else set()
+    loops = [(name, spec) for name, spec in every if name in wanted]
     matmul = perf.matmul_gflops(256 if args.quick else 1024)
     report: dict = {
         "machine": {**info, "matmul_gflops_float32": matmul}, "image": args.image or "generated", "steps": steps
@@ -378,14 +480,22 @@ def benchmark(args: argparse.Namespace) -> dict:
     for name, spec in loops:
         row = summarise(name, run_isolated({"name": name, **spec}, isolated), notebook, matmul)
         if notebook is None:
-            notebook = {"rate": row["steps_per_sec"], "rel_mse": row["final_rel_mse"]}
+            notebook = {"rate": row["steps_per_sec"], "rel_mse": row["final_rel_mse"],
+                        "total_seconds": row["total_seconds"]}
             report["notebook_final_rel_mse"] = row["final_rel_mse"]
         rows.append(row)
         print(_line(row), flush=True)
     report["rows"] = rows
-    if not args.rows:  # a partial run (--rows) leaves the thread sweep and the logging cost out
+    if "turns" in parts:
+        report["in_turn"] = in_turns(data, args.quick, isolated, args.rounds)
+        report["logging"] = report["in_turn"].pop("logging")
+    if "seeds" in parts:
+        report["presets"] = {
+            name: preset_seeds(name, dict(loops)[name], rows, notebook, args.seeds, isolated, matmul)
+            for name in PRESETS
+        }
+    if args.threads:
         report["threads"] = thread_sweep(data, steps, args.quick)
-        report["logging"] = logging_cost(data, args.quick, isolated)
     if args.scaling:
         report["scaling"] = scaling(args.quick, isolated, matmul)
     return report
@@ -404,15 +514,41 @@ def thread_sweep(data: list[str], steps: int, quick: bool) -> dict:
     return {"results": sweep, "best": best["threads"]}
 
 
-def logging_cost(data: list[str], quick: bool, isolated: bool) -> dict:
-    """The default logger's cost next to the bare step, interleaved in one process (see :func:`_logging_cost`)."""
-    rounds, chunk = (2, QUICK_STEPS // 2) if quick else (LOGGING_ROUNDS, LOGGING_CHUNK)
-    spec = {"name": "logging cost", "kind": "logging", "rounds": rounds, "chunk": chunk,
+def in_turns(data: list[str], quick: bool, isolated: bool, rounds: int | None = None) -> dict:
+    """The loops' speeds measured in turns in one process (see :func:`_in_turns`), and their ratios."""
+    default_rounds, chunk = (2, QUICK_STEPS // 2) if quick else (IN_TURN_ROUNDS, IN_TURN_CHUNK)
+    rounds = rounds or default_rounds
+    spec = {"name": "in turns", "kind": "in_turn", "rounds": rounds, "chunk": chunk,
             "overrides": [*data, "trainer.progress=false"]}
-    cost = run_isolated(spec, isolated)
+    measured = in_turn_ratios(run_isolated(spec, isolated))
+    for name, ratio in measured["ratios"].items():
+        print(f"in turns: {name} {ratio['median']:.2f}x (rounds {ratio['min']:.2f}-{ratio['max']:.2f}x)", flush=True)
+    cost = measured["logging"]
     print(f"logging: {100 * cost['overhead']:.1f}% below the bare step ({cost['logged_steps_per_sec']:.2f} against "
           f"{cost['bare_steps_per_sec']:.2f} steps/s, {rounds} rounds of {chunk} steps each, in turns)", flush=True)
-    return cost
+    return measured
+
+
+def preset_seeds(
+    name: str, spec: dict, rows: list[dict], notebook: dict, seeds: int, isolated: bool, matmul: float
+) -> dict:
+    """A preset's seconds to the notebook's quality (the notebook loop's final rel_mse, seed 0) for
+    seeds 0..``seeds - 1``, each in its own process, and as a fraction of the notebook loop's
+    time for all its steps. Seed 0 is the preset's row, when the run has it."""
+    found = {0: row for row in rows if row["name"] == name}
+    for seed in range(seeds):
+        if seed not in found:
+            result = run_isolated({**spec, "name": name, "overrides": [*spec["overrides"], f"trainer.seed={seed}"]},
+                                  isolated)
+            found[seed] = summarise(f"{name} seed {seed}", result, notebook, matmul)
+    reached = [found[seed]["seconds_to_notebook_quality"] for seed in range(seeds)]
+    fractions = [None if r is None else r / notebook["total_seconds"] for r in reached]
+    print(f"{name}: to the notebook's quality in " + ", ".join(
+        "never" if f is None else f"{100 * f:.1f}%" for f in fractions) + " of the notebook loop's time, seeds 0-"
+        f"{seeds - 1}", flush=True)
+    return {"seeds": list(range(seeds)), "seconds_to_notebook_quality": reached,
+            "fraction_of_notebook_time": fractions,
+            "final_rel_mse": [found[seed]["final_rel_mse"] for seed in range(seeds)]}
 
 
 def scaling(quick: bool, isolated: bool, matmul: float) -> list[dict]:
@@ -455,8 +591,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--rows", type=lambda text: text.split(","),
-        help="only these rows, comma-separated (e.g. 'experiment=fast'), next to the notebook loop; no thread sweep",
+        help="only these rows, comma-separated (e.g. 'experiment=fast'), next to the notebook loop",
     )
+    parser.add_argument(
+        "--seeds", type=int, help=f"seeds per preset for its time to quality (default {SEEDS}, --quick 1)"
+    )
+    parser.add_argument("--threads", action="store_true", help="also sweep TensorFlow's thread pool sizes")
+    parser.add_argument(
+        "--parts", type=lambda text: text.split(","),
+        help="what to run, comma-separated: rows, turns (the loops in turns in one process), seeds (the presets' "
+             "seeds, with the notebook loop); default all three, or rows with --rows",
+    )
+    parser.add_argument("--rounds", type=int, help=f"rounds of the loops in turns (default {IN_TURN_ROUNDS})")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print its JSON
     args = parser.parse_args(argv)

@@ -123,11 +123,12 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     # so main() here checks the same as a `python scripts/benchmark.py --quick` would, without
     # paying another TensorFlow import.
     out = tmp_path / "bench.json"
-    assert benchmark.main(["--quick", "--scaling", "--out", str(out)]) == 0
+    assert benchmark.main(["--quick", "--scaling", "--threads", "--seeds", "2", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     report = json.loads(out.read_text())
     names = [row["name"] for row in report["rows"]]
-    assert names[:4] == ["notebook loop", "keras fit", "convlearn", "convlearn bare step"]
+    assert names[:5] == ["notebook loop", "keras fit", "keras fit steps_per_execution=10", "convlearn",
+                         "convlearn bare step"]
     assert {"convlearn XLA", "experiment=fast"} <= set(names) and ("convlearn bf16" in names) == report["machine"]["bf16"]
     for row in report["rows"]:
         assert set(row) >= {"name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook_quality", "peak_mem_mb",
@@ -140,6 +141,16 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     logging = report["logging"]
     assert logging["rounds"] == 2 and logging["logged_steps_per_sec"] > 0 and logging["bare_steps_per_sec"] > 0
     assert logging["overhead"] == pytest.approx(1 - logging["logged_steps_per_sec"] / logging["bare_steps_per_sec"])
+    in_turn = report["in_turn"]
+    assert set(in_turn["steps_per_sec"]) == {"notebook loop", "keras fit", "keras fit steps_per_execution=10",
+                                             "convlearn bare step", "convlearn"}
+    for ratio in in_turn["ratios"].values():
+        assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert "convlearn vs the fastest keras fit" in in_turn["ratios"]
+    fast = report["presets"]["experiment=fast"]
+    assert fast["seeds"] == [0, 1] and len(fast["seconds_to_notebook_quality"]) == 2
+    assert fast["seconds_to_notebook_quality"][0] == next(
+        row["seconds_to_notebook_quality"] for row in report["rows"] if row["name"] == "experiment=fast")
     modes = {(entry["size"], entry["mode"].split()[0]) for entry in report["scaling"]}
     assert modes == {(48, "full"), (48, "patches"), (64, "full"), (64, "patches"), (96, "patches")}
     assert all(entry["ns_per_pixel"] > 0 and entry["peak_mem_mb"] > 0 for entry in report["scaling"])

@@ -14,7 +14,7 @@ from convlearn.errors import ConvlearnError
 from convlearn.config_checks import validate
 from convlearn.pipeline import run_experiment
 
-TRAINER_KEYS = "checkpoint_every, deterministic, init, jit_compile, keep_checkpoints, on_nonfinite, precision, progress, resume, seed, steps, strategy, threads, val_every"
+TRAINER_KEYS = "checkpoint_every, deterministic, init, jit_compile, keep_checkpoints, on_nonfinite, precision, progress, resume, seed, steps, steps_per_call, strategy, threads, val_every"
 
 # Mistakes the config check finds before anything is built: overrides -> the exact message.
 CONFIG_CASES = {
