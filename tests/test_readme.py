@@ -185,4 +185,5 @@ def test_the_readme_api_example_runs_as_printed(tmp_path, monkeypatch):
     result = namespace["result"]
     assert result.metrics["status"] == "completed" and result.metrics["kernel_rel_error"] < 1e-4
     assert result.kernels["conv_00"].shape == (5, 5, 1, 1)
-    assert result.run_dir.is_relative_to(tmp_path / "outputs") and (result.run_dir / "metrics.json").is_file()
+    run_dir = result.run_dir.resolve()  # outputs/<date>/<time> under the working directory
+    assert run_dir.is_relative_to(tmp_path / "outputs") and (run_dir / "metrics.json").is_file()
