@@ -53,7 +53,7 @@ from convlearn.pipeline import build_experiment, train_experiment  # noqa: E402
 from convlearn.training import compiled_step, mse  # noqa: E402
 
 QUICK_DATA = ["debug=tiny"]  # configs/debug/tiny.yaml: the tests' tiny image
-QUICK_STEPS = 6
+QUICK_STEPS = 10  # a whole number of Keras fit executions (steps_per_execution=10)
 SCALING_SIZES = [128, 256, 512, 1024, 2048]
 QUICK_SCALING_SIZES = [48, 64]
 PATCH, PATCH_BATCH = 128, 8

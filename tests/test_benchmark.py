@@ -133,7 +133,7 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     for row in report["rows"]:
         assert set(row) >= {"name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook_quality", "peak_mem_mb",
                             "flops_per_step", "gflops_per_sec", "final_rel_mse"}
-        assert row["steps"] == 6 and row["steps_per_sec"] > 0 and row["peak_mem_mb"] > 0 and row["flops_per_step"] > 0
+        assert row["steps"] == benchmark.QUICK_STEPS and row["steps_per_sec"] > 0 and row["peak_mem_mb"] > 0 and row["flops_per_step"] > 0
     notebook = report["rows"][0]
     assert notebook["ratio_vs_notebook"] == 1.0 and 0 < notebook["seconds_to_notebook_quality"] <= notebook["total_seconds"]
     assert report["machine"]["matmul_gflops_float32"] > 0
