@@ -117,19 +117,31 @@ def test_rows_are_summarised_against_the_notebook(benchmark):
     assert never["seconds_to_notebook_quality"] is None
 
 
+def test_the_rows_are_the_fit_baselines_convlearn_and_its_presets(benchmark):
+    names = [name for name, _ in benchmark.main_rows(benchmark.QUICK_DATA, 10, bf16=False, quick=True)]
+    assert names[:5] == ["notebook loop", "keras fit", "keras fit steps_per_execution=10", "convlearn",
+                         "convlearn bare step"]
+    assert "convlearn XLA" in names and set(benchmark.PRESETS) <= set(names) and not any("bf16" in n for n in names)
+    with_bf16 = [name for name, _ in benchmark.main_rows(benchmark.QUICK_DATA, 10, bf16=True, quick=True)]
+    assert {"convlearn bf16", "experiment=fast bf16"} <= set(with_bf16)
+    only = benchmark.main_rows(benchmark.QUICK_DATA, 10, bf16=False, quick=True, only=["convlearn XLA"])
+    assert [name for name, _ in only] == ["notebook loop", "convlearn XLA"]
+    with pytest.raises(SystemExit, match="no row 'fastest' here; the rows are: notebook loop, keras fit, "):
+        benchmark.main_rows(benchmark.QUICK_DATA, 10, bf16=False, quick=True, only=["experiment=fast", "fastest"])
+
+
 @pytest.mark.slow
 def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
-    # --quick runs its rows in this process anyway (the thread sweep's row still gets a fresh one),
-    # so main() here checks the same as a `python scripts/benchmark.py --quick` would, without
-    # paying another TensorFlow import.
+    # --quick runs its rows in this process anyway, so main() here checks the same as a
+    # `python scripts/benchmark.py --quick` would, without paying another TensorFlow import. Two rows
+    # next to the notebook loop (every kind of loop runs in the turns), the turns and two seeds.
     out = tmp_path / "bench.json"
-    assert benchmark.main(["--quick", "--scaling", "--threads", "--seeds", "2", "--out", str(out)]) == 0
+    argv = ["--quick", "--rows", "keras fit,convlearn", "--parts", "rows,turns,seeds", "--seeds", "2"]
+    assert benchmark.main([*argv, "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     report = json.loads(out.read_text())
     names = [row["name"] for row in report["rows"]]
-    assert names[:5] == ["notebook loop", "keras fit", "keras fit steps_per_execution=10", "convlearn",
-                         "convlearn bare step"]
-    assert {"convlearn XLA", "experiment=fast"} <= set(names) and ("convlearn bf16" in names) == report["machine"]["bf16"]
+    assert names == ["notebook loop", "keras fit", "convlearn", *benchmark.PRESETS]  # the seeds part adds the presets
     for row in report["rows"]:
         assert set(row) >= {"name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook_quality", "peak_mem_mb",
                             "flops_per_step", "gflops_per_sec", "final_rel_mse"}
@@ -137,7 +149,6 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     notebook = report["rows"][0]
     assert notebook["ratio_vs_notebook"] == 1.0 and 0 < notebook["seconds_to_notebook_quality"] <= notebook["total_seconds"]
     assert report["machine"]["matmul_gflops_float32"] > 0
-    assert report["threads"]["results"][0]["applied"] == report["threads"]["results"][0]["threads"] == [1, 1]
     logging = report["logging"]
     assert logging["rounds"] == 2 and logging["logged_steps_per_sec"] > 0 and logging["bare_steps_per_sec"] > 0
     assert logging["overhead"] == pytest.approx(1 - logging["logged_steps_per_sec"] / logging["bare_steps_per_sec"])
@@ -151,21 +162,24 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     assert fast["seeds"] == [0, 1] and len(fast["seconds_to_notebook_quality"]) == 2
     assert fast["seconds_to_notebook_quality"][0] == next(
         row["seconds_to_notebook_quality"] for row in report["rows"] if row["name"] == "experiment=fast")
-    modes = {(entry["size"], entry["mode"].split()[0]) for entry in report["scaling"]}
-    assert modes == {(48, "full"), (48, "patches"), (64, "full"), (64, "patches"), (96, "patches")}
-    assert all(entry["ns_per_pixel"] > 0 and entry["peak_mem_mb"] > 0 for entry in report["scaling"])
-    assert "notebook loop" in stdout and "threads [intra, inter]: best [1, 1]" in stdout and "logging: " in stdout
+    assert "notebook loop" in stdout and "logging: " in stdout and "in turns: convlearn vs notebook loop" in stdout
 
 
 @pytest.mark.slow
-def test_rows_option_runs_only_those_next_to_the_notebook_loop(benchmark, tmp_path):
+def test_thread_sweep_and_scaling_parts(benchmark, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "QUICK_SCALING_SIZES", [48])  # fewer than --quick's, same code
+    monkeypatch.setattr(benchmark, "QUICK_LARGE_SIZE", 64)
     out = tmp_path / "bench.json"
-    assert benchmark.main(["--quick", "--rows", "convlearn bare step", "--out", str(out)]) == 0
+    assert benchmark.main(["--quick", "--rows", "convlearn bare step", "--threads", "--scaling", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert [row["name"] for row in report["rows"]] == ["notebook loop", "convlearn bare step"]
-    assert "threads" not in report and "scaling" not in report
-    with pytest.raises(SystemExit, match="no row 'fastest' here; the rows are: notebook loop, keras fit, "):
-        benchmark.main(["--quick", "--rows", "experiment=fast,fastest"])
+    assert "in_turn" not in report and "presets" not in report  # --rows alone: only the rows
+    # The thread sweep's row runs in a fresh process, where the pool sizes can still be set.
+    assert report["threads"]["results"][0]["applied"] == report["threads"]["results"][0]["threads"] == [1, 1]
+    modes = {(entry["size"], entry["mode"].split()[0]) for entry in report["scaling"]}
+    assert modes == {(48, "full"), (48, "patches"), (64, "patches")}
+    assert all(entry["ns_per_pixel"] > 0 and entry["peak_mem_mb"] > 0 for entry in report["scaling"])
+    assert "threads [intra, inter]: best [1, 1]" in capsys.readouterr().out
 
 
 def test_fast_preset_is_the_notebook_experiment_with_lsuv_and_a_tuned_adam(make_cfg):
@@ -184,9 +198,11 @@ def test_fast_preset_is_the_notebook_experiment_with_lsuv_and_a_tuned_adam(make_
 
 @pytest.mark.slow
 def test_xla_step_trains_like_the_plain_step_and_repeats_itself(make_cfg, tmp_path):
-    plain = run_experiment(make_cfg("trainer.steps=6"), tmp_path / "plain").metrics
-    xla = run_experiment(make_cfg("trainer.steps=6", "trainer.jit_compile=true"), tmp_path / "xla").metrics
-    again = run_experiment(make_cfg("trainer.steps=6", "trainer.jit_compile=true"), tmp_path / "again").metrics
+    # A small non-linear net: XLA compiles it in a fraction of the notebook model's time.
+    small = ["model=can", "model.depth=2", "model.width=4", "trainer.steps=6"]
+    plain = run_experiment(make_cfg(*small), tmp_path / "plain").metrics
+    xla = run_experiment(make_cfg(*small, "trainer.jit_compile=true"), tmp_path / "xla").metrics
+    again = run_experiment(make_cfg(*small, "trainer.jit_compile=true"), tmp_path / "again").metrics
     assert xla["losses"] == again["losses"]  # deterministic under XLA too
     # The same arithmetic, fused differently: equal up to float32 rounding.
     np.testing.assert_allclose(xla["losses"], plain["losses"], rtol=1e-3)
@@ -221,12 +237,12 @@ def test_auto_jit_trains_exactly_like_the_step_it_picked(make_cfg, tmp_path, cap
     # The timing steps run on the LSUV-rescaled model and are undone, model and optimizer alike:
     # the run then equals one pinned to the picked step from the start.
     with caplog.at_level("INFO", logger="convlearn"):
-        auto_cfg = make_cfg("trainer.steps=6", "trainer.init=lsuv", "trainer.jit_compile=auto")
-        auto = run_experiment(auto_cfg, tmp_path / "auto").metrics
+        small = ["model=can", "model.depth=2", "model.width=4", "trainer.steps=6", "trainer.init=lsuv"]
+        auto = run_experiment(make_cfg(*small, "trainer.jit_compile=auto"), tmp_path / "auto").metrics
     picked = auto["jit_compile"]
     assert isinstance(picked, bool)
     assert f"training with {'XLA' if picked else 'the graph'}" in caplog.text
-    pinned = make_cfg("trainer.steps=6", "trainer.init=lsuv", f"trainer.jit_compile={str(picked).lower()}")
+    pinned = make_cfg(*small, f"trainer.jit_compile={str(picked).lower()}")
     assert run_experiment(pinned, tmp_path / "pinned").metrics["losses"] == auto["losses"]
     with pytest.raises(ConvlearnError, match=r"trainer\.jit_compile: .*true or false.*'auto'"):
         validate(make_cfg("trainer.jit_compile=sometimes"))

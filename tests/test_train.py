@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, run_main
+from conftest import ROOT, TINY, run_main
 from convlearn.pipeline import run_experiment
 
 
@@ -79,3 +79,22 @@ def test_user_mistakes_fail_with_one_line_and_no_traceback(tmp_path, monkeypatch
         assert line.startswith("convlearn: error:") and message in line and "\n" not in line, (overrides, line)
         printed = capsys.readouterr()
         assert "Traceback" not in printed.out + printed.err + caplog.text, overrides
+
+
+def test_reconfiguring_logging_never_closes_a_stream_in_use(tmp_path):
+    # Hydra reconfigures logging at every run, which shuts down every handler, absl's too; absl's once
+    # closed the sys.stderr of its import time, a stream pytest or a notebook may still use.
+    import subprocess
+    import sys
+
+    code = (
+        "import io, logging.config, sys\n"
+        "sys.stderr = first = io.StringIO()\n"
+        "import absl.logging, convlearn\n"  # as when TensorFlow comes first
+        "sys.stderr = io.StringIO()\n"
+        "logging.config.dictConfig({'version': 1})\n"
+        "print(first.closed)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                          env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert done.stdout.split() == ["False"]
