@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"  # the package's version (pyproject.toml reads it from here)
 
-import os
+from convlearn.tf_startup import quiet_start
 
-# TensorFlow's C++ start-up lines (CUDA stubs, CPU instructions) are noise on every run; set before
-# TensorFlow loads, and only where the user has not chosen a level.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up lines (CUDA stubs, CPU instructions) are noise on every run; set up
+# before TensorFlow loads (convlearn's modules import it lazily, after this).
+quiet_start()
