@@ -1,14 +1,22 @@
 """End to end: ``train.py`` on tiny generated images, and what a run leaves behind."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, run_main
+from conftest import ROOT, TINY, run_main
 from convlearn.pipeline import run_experiment
+from convlearn.tf_startup import gpu_possible
+
+# What TensorFlow and absl printed around a run before issue #18, none of it about the run.
+NOISE = ("InitializeLog", "cudart_stub", "cuInit", "remapper failed", "[absl]", "Sharding callback")
 
 
 def read_events(log_dir):
@@ -79,3 +87,20 @@ def test_user_mistakes_fail_with_one_line_and_no_traceback(tmp_path, monkeypatch
         assert line.startswith("convlearn: error:") and message in line and "\n" not in line, (overrides, line)
         printed = capsys.readouterr()
         assert "Traceback" not in printed.out + printed.err + caplog.text, overrides
+
+
+@pytest.mark.slow
+def test_a_run_prints_its_own_lines_and_no_tensorflow_noise(tmp_path):
+    # The can model (leaky ReLUs) with oneDNN on, whatever the CPU: grappler's remapper would fail
+    # there; checkpoints every 5 steps: absl would log each save.
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1"}
+    args = [*TINY, "model=can", "trainer.checkpoint_every=5", f"hydra.run.dir={tmp_path}/run"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], check=False, capture_output=True, text=True, cwd=tmp_path,
+        env=env, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    printed, log = result.stdout + result.stderr, (tmp_path / "run" / "train.log").read_text()
+    assert [noise for noise in NOISE if noise in printed or noise in log] == []
+    if not gpu_possible():  # on this machine nothing else may print either (oneDNN's own notice, say)
+        assert all(re.match(r"\[[-\d :,]+\]\[convlearn\]\[INFO\] - ", line) for line in printed.splitlines()), printed
