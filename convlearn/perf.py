@@ -149,6 +149,29 @@ def configure_tensorflow(threads: Sequence[int] | None = None, precision: str = 
     set_precision(precision)
 
 
+def uses_leaky_relu(model: keras.Model) -> bool:
+    """Whether a layer of ``model`` (nested models included) computes a leaky ReLU."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.LeakyReLU) or getattr(layer, "activation", None) is keras.activations.leaky_relu:
+            return True
+        if isinstance(layer, keras.Model) and uses_leaky_relu(layer):
+            return True
+    return False
+
+
+def set_remapping(model: keras.Model) -> None:
+    """Turn grappler's remapper (its op fusions) off for a model with leaky ReLUs, on for others.
+
+    With oneDNN (TensorFlow's default on CPUs with AVX-512 VNNI or AMX) the remapper fuses a
+    convolution, its bias and a leaky ReLU into one op, but in a training step the leaky ReLU's
+    gradient still reads the bias output that the fusion removes: the pass fails, TensorFlow logs
+    ``remapper failed: INVALID_ARGUMENT: Mutation::Apply error: fanout ... exist for missing node``
+    and keeps the graph without any of the pass's changes. Without the remapper the same graph
+    trains, as fast (the can model, 96x96 image: the same steps/s with and without oneDNN), and
+    no error is printed. The setting is process-wide, so every run sets it for its own model."""
+    tf.config.optimizer.set_experimental_options({"remapping": not uses_leaky_relu(model)})
+
+
 def loss_scaled(optimizer: keras.optimizers.Optimizer, precision: str) -> keras.optimizers.Optimizer:
     """``optimizer`` wrapped in Keras' dynamic loss scaling for ``fp16`` (float16 gradients of a
     small loss underflow to zero without it); as it is for other precisions or when already wrapped."""

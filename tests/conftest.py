@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -30,16 +33,42 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
+@contextlib.contextmanager
+def root_logger_kept() -> Iterator[None]:
+    """Put the root logger's handlers and level back as they were once the block ends.
+
+    Hydra's job logging is set up for a process that runs one job: it gives the root logger a
+    console handler on the ``sys.stdout`` of that moment (in a test, the test's capture, closed
+    when the test ends) and a handler on the run's ``train.log``, and leaves them there. After a
+    ``main()`` in this process, every later log record would hit the closed capture and print
+    ``--- Logging error --- ValueError: I/O operation on closed file`` into a later test's stderr.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+
+
 def run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
     """Run ``train.py``'s ``main()`` in this process on the command line ``args``, as ``python train.py`` would.
 
     In-process is seconds faster than a real ``python train.py`` per case. Imported, train.py is a
     module whose ``config_path`` Hydra would look up as a package, so ``--config-path`` names the folder.
+    The logging Hydra sets up for the run ends with it (:func:`root_logger_kept`).
     """
     from train import main  # imports TensorFlow: only the tests that run it pay for it
 
     monkeypatch.setattr(sys, "argv", ["train.py", f"--config-path={ROOT / 'configs'}", *args])
-    with one_line_composition_errors():
+    with root_logger_kept(), one_line_composition_errors():
         main()
 
 

@@ -1,5 +1,6 @@
 """User mistakes in configs and inputs: each fails before training with one exact line."""
 
+import logging
 import subprocess
 import sys
 
@@ -249,6 +250,18 @@ def test_a_config_hydra_cannot_compose_is_named_in_one_line(override, message, m
     assert caught.value.code == f"convlearn: error: {message}"  # Python prints it to stderr and exits 1
     assert capsys.readouterr().err == ""
     assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_run_in_this_process_leaves_no_logging_behind(monkeypatch, tmp_path):
+    # Hydra's job logging stays set up after main(): its console handler writes to the sys.stdout
+    # of the run (in a test using capsys, a capture closed when that test ends), so later tests' log
+    # records printed "--- Logging error --- ValueError: I/O operation on closed file".
+    before = logging.getLogger().handlers[:]
+    with pytest.raises(SystemExit) as caught:
+        run_main(monkeypatch, *TINY, "optimizer.lr=-1", f"hydra.run.dir={tmp_path}/run")
+    assert caught.value.code == "convlearn: error: optimizer.lr: must be > 0, got -1"
+    assert "optimizer.lr: must be > 0" in (tmp_path / "run" / "train.log").read_text()  # Hydra's logging ran
+    assert logging.getLogger().handlers == before
 
 
 # What the user sees for a few of them, from a real `python train.py`, a sweep (-m) included.

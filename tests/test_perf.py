@@ -83,6 +83,24 @@ def test_set_precision_refuses_with_one_line_and_keeps_the_policy(keep_policy):
     assert keras.config.dtype_policy().name == "mixed_float16"
 
 
+def conv_stack(**conv) -> keras.Model:
+    return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, **conv), keras.layers.Conv2D(1, 1)])
+
+
+@pytest.mark.parametrize(("model", "remapping"), [
+    (lambda: conv_stack(activation="relu"), True),
+    (lambda: conv_stack(activation="leaky_relu"), False),
+    (lambda: keras.Sequential([conv_stack(), keras.layers.LeakyReLU()]), False),
+    (lambda: keras.Sequential([keras.Input((8, 8, 1)), conv_stack(activation="leaky_relu")]), False),
+])
+def test_the_remapper_is_off_only_for_models_with_leaky_relus(model, remapping):
+    try:
+        perf.set_remapping(model())
+        assert tf.config.optimizer.get_experimental_options()["remapping"] is remapping
+    finally:
+        tf.config.optimizer.set_experimental_options({"remapping": True})  # TensorFlow's default, for later tests
+
+
 def test_fp16_wraps_the_optimizer_in_loss_scaling_once():
     adam = keras.optimizers.Adam(1e-3)
     assert perf.loss_scaled(adam, "float32") is adam and perf.loss_scaled(adam, "bf16") is adam
