@@ -7,8 +7,8 @@ shrunk with the tiny test settings (conftest.TINY, only the keys its composed co
 into its jobs. Training every command would take minutes, so each job is composed, checked and
 built up to the first step (data, target, model and the aligned feed: where a wrong option, a size
 or a half-pixel misalignment is refused); the commands that stop before training anyway (a closed
-form ``trainer=lstsq`` solve, ``--cfg``, a command documented as refused) run through train.py's
-``main`` in this process. A command whose comment says ``# refused: <words>`` must stop with one
+form ``trainer=lstsq`` solve, ``--cfg``, a command documented as refused) run whole, as
+``python train.py``. A command whose comment says ``# refused: <words>`` must stop with one
 line containing those words.
 """
 
@@ -156,8 +156,7 @@ def test_documented_command_works_as_printed(command, user_files):
             return
         # These stop before training: run them whole, through train.py's main.
         shrunk = [*args, *tiny_settings(jobs(args)[0]), "hydra.run.dir=run"]
-    # In a process of its own, as a user runs it: a refused run's Hydra logging must not touch this
-    # process's captured streams.
+    # In a process of its own, as a user runs it (these stop before TensorFlow loads: no slower).
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), *shrunk], capture_output=True, text=True,
                           cwd=user_files, timeout=600)
     if command.refused is None:
