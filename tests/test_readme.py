@@ -6,9 +6,8 @@ shrunk with the tiny test settings (conftest.TINY, only the keys its composed co
 ``data=noise`` or ``experiment=recover_kernel`` get the ones that fit). A sweep (``-m``) is split
 into its jobs. Training every command would take minutes, so each job is composed, checked and
 built up to the first step (data, target, model and the aligned feed: where a wrong option, a size
-or a half-pixel misalignment is refused); the commands that stop before training anyway (a closed
-form ``trainer=lstsq`` solve, ``--cfg``, a command documented as refused) run whole, as
-``python train.py``. A command whose comment says ``# refused: <words>`` must stop with one
+or a half-pixel misalignment is refused); the commands that stop before training anyway (``--cfg``,
+a command documented as refused) run whole, as ``python train.py``. A command whose comment says ``# refused: <words>`` must stop with one
 line containing those words.
 """
 
