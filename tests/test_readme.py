@@ -7,8 +7,8 @@ shrunk with the tiny test settings (conftest.TINY, only the keys its composed co
 into its jobs. Training every command would take minutes, so each job is composed, checked and
 built up to the first step (data, target, model and the aligned feed: where a wrong option, a size
 or a half-pixel misalignment is refused); the commands that stop before training anyway (``--cfg``,
-a command documented as refused) run whole, as ``python train.py``. A command whose comment says ``# refused: <words>`` must stop with one
-line containing those words.
+a command documented as refused) run whole, as ``python train.py``. A command whose comment says
+``# refused: <words>`` must stop with one line containing those words.
 """
 
 from __future__ import annotations
