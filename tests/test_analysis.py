@@ -143,7 +143,8 @@ def recover_cfg(*overrides: str, trainer: str = "default"):
 
 
 @pytest.mark.parametrize("target", LINEAR_TARGETS.values(), ids=LINEAR_TARGETS)
-@pytest.mark.parametrize(("trainer", "tolerance"), [("default", 1e-3), ("lstsq", 1e-6)], ids=["trained", "lstsq"])
+@pytest.mark.parametrize(("trainer", "tolerance"), [pytest.param("default", 1e-3, marks=pytest.mark.slow), ("lstsq", 1e-6)],
+                         ids=["trained", "lstsq"])
 def test_the_recover_kernel_preset_recovers_linear_kernels(tmp_path, target, trainer, tolerance):
     # Gradient descent on white noise (the preset's 300 steps) and the closed-form solve both
     # reach the kernel; the float32 target limits either to ~1e-7.
@@ -159,6 +160,7 @@ def test_the_recover_kernel_preset_trains_with_plain_gradient_descent_or_another
     assert type(adam) is keras.optimizers.Adam and np.isclose(float(adam.learning_rate), 1e-2)
 
 
+@pytest.mark.slow
 def test_deep_linear_composes_to_the_gaussian(tmp_path):
     # Two 3x3 layers represent the 5x5 Gaussian exactly; from split_delta plain gradient descent
     # gets there (centred deltas stop at ~1.7%). Measured over seeds: 5e-5 to 1.2e-4.
@@ -170,7 +172,7 @@ def test_deep_linear_composes_to_the_gaussian(tmp_path):
     assert np.isclose(analysis.kernel_rel_error(composed, gaussian(1.0, 5)), summary["kernel_rel_error"])
 
 
-@pytest.mark.parametrize("trainer", ["default", "lstsq"])
+@pytest.mark.parametrize("trainer", [pytest.param("default", marks=pytest.mark.slow), "lstsq"])
 def test_pairs_runs_report_the_least_squares_optimum_and_lstsq_solves_them(tmp_path, trainer):
     # The after-images are BLUR applied to the before-images, so the best 5x5 kernel (BLUR in its
     # centre) fits the compared pixels exactly; with no reference kernel there is no kernel_rel_error.

@@ -54,6 +54,7 @@ def test_train_returns_metrics_model_kernels_history_and_run_dir(tmp_path):
         assert set(kernels.files) == set(result.kernels)
 
 
+@pytest.mark.slow
 def test_train_off_the_main_thread_into_a_new_run_dir_under_outputs(tmp_path, monkeypatch):
     # A notebook's kernel may run code off the main thread, where signal handlers cannot be installed.
     monkeypatch.chdir(tmp_path)

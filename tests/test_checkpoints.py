@@ -146,6 +146,7 @@ def test_checkpoint_restores_the_data_generator(make_cfg, tmp_path):
     assert np.array_equal(other.normal([3]).numpy(), expected)
 
 
+@pytest.mark.slow
 def test_resume_trains_further_and_warns_about_a_changed_config(make_cfg, tmp_path, caplog):
     first = run_experiment(make_cfg("model=linear", "trainer.steps=4"), tmp_path).metrics
     longer = make_cfg("model=linear", "trainer.steps=7", "optimizer.lr=3e-3", "trainer.resume=true")
@@ -180,6 +181,7 @@ def damage_missing_index(folder):
     (folder / "ckpt-4.index").unlink()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [damage_truncated_data, damage_missing_index])
 def test_resume_passes_over_a_damaged_newest_checkpoint_to_the_one_before(make_cfg, tmp_path, caplog, damage):
     whole = run_experiment(make_cfg(*SHORT, "trainer.steps=6"), tmp_path / "whole").metrics
@@ -195,6 +197,7 @@ def test_resume_passes_over_a_damaged_newest_checkpoint_to_the_one_before(make_c
     assert resumed["steps_per_sec"] == pytest.approx(3 / resumed["wall_seconds"])
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(make_cfg, tmp_path, caplog):
     whole = run_experiment(make_cfg(*SHORT, "trainer.steps=3"), tmp_path / "whole").metrics
     folder = tmp_path / "run" / "checkpoints"
@@ -205,6 +208,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(make_cfg, 
     assert "no complete checkpoint" in caplog.text and "config.yaml is missing" in caplog.text
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_records_no_speed(make_cfg, tmp_path):
     run_experiment(make_cfg(*SHORT, "trainer.steps=2"), tmp_path).metrics
     resumed = run_experiment(make_cfg(*SHORT, "trainer.steps=2", "trainer.resume=true"), tmp_path).metrics
@@ -212,6 +216,7 @@ def test_resuming_a_finished_run_records_no_speed(make_cfg, tmp_path):
     assert read_metrics(tmp_path)["steps_per_sec"] is None  # no step trained: no speed to report
 
 
+@pytest.mark.slow
 def test_a_refused_resume_is_one_error_without_tensorflow_warnings(make_cfg, tmp_path, capfd):
     import gc
 

@@ -176,6 +176,7 @@ def test_kernel_larger_than_the_image_is_refused(make_cfg, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_run_dir_is_never_shared_and_resume_needs_a_checkpoint(make_cfg, tmp_path):
     run_experiment(make_cfg("model=linear", "trainer.steps=2"), tmp_path)  # the cheapest model: any run claims its dir
     with pytest.raises(ConvlearnError) as caught:

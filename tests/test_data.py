@@ -336,6 +336,7 @@ def test_rgb_shared_folds_channels_into_the_batch_and_separate_keeps_them(tmp_pa
         load_image(tmp_path / "gray.npy", channels="rgb")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernels_mode", ["shared", "separate"])
 def test_rgb_trains_with_shared_or_separate_kernels(make_cfg, tmp_path, kernels_mode):
     write_rgb(tmp_path / "c.png")

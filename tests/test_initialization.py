@@ -44,6 +44,7 @@ def test_each_conv_output_gets_unit_std_and_the_last_the_targets(make_cfg):
     np.testing.assert_allclose(unit_variance(model, batch.inputs, batch.targets), 1.0, rtol=1e-3)  # a fixed point
 
 
+@pytest.mark.slow
 def test_trainer_rescales_before_its_first_step(make_cfg):
     model, batch = seed_model_and_batch(make_cfg())
     expected = keras.models.clone_model(model)

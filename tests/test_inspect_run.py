@@ -30,6 +30,7 @@ def run(tmp_path_factory):
     return run_dir, summary, cfg
 
 
+@pytest.mark.slow
 def test_report_png_is_written_with_every_run(run):
     run_dir, _, _ = run
     with Image.open(run_dir / "report.png") as picture:
@@ -39,6 +40,7 @@ def test_report_png_is_written_with_every_run(run):
     assert colours > 500  # curves, colour-mapped images and kernels, not an empty canvas
 
 
+@pytest.mark.slow
 def test_prints_metrics_and_draws_the_training_images_activations(run, inspect_run, capsys):
     run_dir, summary, _ = run
     assert inspect_run.main([str(run_dir)]) == 0
@@ -51,6 +53,7 @@ def test_prints_metrics_and_draws_the_training_images_activations(run, inspect_r
     assert training_figure.shape[:2] == (4 * 3.5 * 80, 4 * 4 * 80)  # 13 layers: 4 rows of 4 panels
 
 
+@pytest.mark.slow
 def test_another_image_gives_another_figure(run, inspect_run, tmp_path):
     run_dir, _, cfg = run
     image = build(cfg, "data")
@@ -65,6 +68,7 @@ def test_another_image_gives_another_figure(run, inspect_run, tmp_path):
     assert not np.array_equal(figures["flipped"], figures["original"])
 
 
+@pytest.mark.slow
 def test_mistakes_are_one_line_errors(run, inspect_run, tmp_path, capsys):
     run_dir, _, _ = run
     assert inspect_run.main([str(tmp_path / "missing")]) == 1
@@ -93,6 +97,7 @@ def test_a_run_on_the_users_file_is_inspected_with_every_metric(inspect_run, tmp
     assert "1 layers" in out and (run_dir / "activations.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_run_dirs_config_cannot_make_it_call_a_foreign_callable(run, inspect_run, tmp_path, capsys):
     run_dir, _, cfg = run
     sent = tmp_path / "sent"
@@ -114,6 +119,7 @@ def test_a_run_dirs_config_cannot_make_it_call_a_foreign_callable(run, inspect_r
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_model_with_a_lambda_layer_is_refused_in_one_line(run, inspect_run, tmp_path, capsys):
     import keras
 

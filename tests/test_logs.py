@@ -55,6 +55,7 @@ def notebook_run(tmp_path_factory):
     return run_dir, summary, accumulator, events
 
 
+@pytest.mark.slow
 def test_scalars_include_rel_mse_psnr_and_speed(notebook_run):
     run_dir, summary, _, events = notebook_run
     steps = list(range(0, 12, 2))
@@ -77,6 +78,7 @@ def test_scalars_include_rel_mse_psnr_and_speed(notebook_run):
     assert events["final/loss"][0].step == 12
 
 
+@pytest.mark.slow
 def test_pictures_at_start_every_n_and_end(notebook_run):
     _, _, _, events = notebook_run
     picture_tags = ["prediction", "kernels/effective"] + [f"kernels/conv_{i:02d}" for i in range(13)]
@@ -96,6 +98,7 @@ def test_pictures_at_start_every_n_and_end(notebook_run):
     assert not np.array_equal(png(events["kernels/conv_00"][0]), png(events["kernels/conv_00"][-1]))
 
 
+@pytest.mark.slow
 def test_histograms_of_weights_and_gradients_per_layer(notebook_run):
     _, _, _, events = notebook_run
     for layer in ["conv_00", "conv_12"]:
@@ -126,6 +129,7 @@ def test_histogram_buckets_count_the_finite_values_between_their_extremes(tmp_pa
     assert diverged[:, 2].sum() == 2 and (diverged[0, 0], diverged[-1, 1]) == (1.0, 3.0)
 
 
+@pytest.mark.slow
 def test_config_text_and_hparams(notebook_run):
     _, _, accumulator, events = notebook_run
     config = tf.make_ndarray(events["config"][0].tensor_proto).item().decode()

@@ -1,10 +1,13 @@
 """scripts/model_zoo.py: every cell's config is the zoo's budget on the default image."""
 
+import pytest
+
 from conftest import load_script
 
 zoo = load_script("model_zoo")
 
 
+@pytest.mark.slow
 def test_the_zoo_defaults_to_its_budget_on_the_default_image():
     args = zoo.parse_args([])
     for variants in zoo.MODELS.values():

@@ -49,6 +49,7 @@ def test_the_direction_meets_the_newest_secant_and_descends(pairs, grad):
     assert int(state.pairs) == len(stored)
 
 
+@pytest.mark.slow
 def test_a_nonlinear_model_s_loss_never_rises_and_a_non_finite_start_changes_nothing():
     cfg = tiny_cfg("model.blur_layers=2")
     seed_everything(0)
@@ -67,6 +68,7 @@ def test_a_nonlinear_model_s_loss_never_rises_and_a_non_finite_start_changes_not
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_exactly(tmp_path):
     cfg = tiny_cfg("model=linear", "target=gaussian", "trainer=lbfgs", "trainer.checkpoint_every=3")
 

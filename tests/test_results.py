@@ -54,6 +54,7 @@ def test_the_linear_target_kernel_is_exported_as_the_target_applies_it(linear_ru
     np.testing.assert_allclose(target.apply(image), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_non_linear_target_exports_no_target_kernel(make_cfg, tmp_path):
     run_experiment(make_cfg("trainer.steps=2", "logger.image_every=0"), tmp_path)  # edge_blur: has a ReLU
     assert not (tmp_path / "target_kernel.npy").exists()

@@ -111,7 +111,7 @@ def fit(cfg, steps_per_call: int, **trainer_args):
     return history, recorder, model.get_weights()
 
 
-@pytest.mark.parametrize("steps_per_call", [4, 7])
+@pytest.mark.parametrize("steps_per_call", [4, pytest.param(7, marks=pytest.mark.slow)])
 def test_several_steps_per_call_train_and_log_exactly_like_one(make_cfg, steps_per_call):
     # A cosine schedule: the logged learning rate must be each step's own, not the call's last.
     cfg = make_cfg("model=can", "model.depth=2", "model.width=2", "+optimizer.decay_steps=12")
