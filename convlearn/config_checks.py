@@ -2,7 +2,8 @@
 
 The schema of every config node is the signature of the callable its ``_target_`` names: its
 parameters are the allowed keys, its type hints the allowed types, its parameters without a
-default the required keys. That keeps one source of truth (the code the config calls) instead of a
+default the required keys; a class whose ``__init__`` passes ``**settings`` on to its base class
+takes the base's parameters too (:func:`_parameters`). That keeps one source of truth (the code the config calls) instead of a
 second copy of every YAML file as dataclasses. What a type hint cannot say (``lr > 0``) is listed
 in :data:`RULES`, by callable and parameter, so it applies wherever that callable is used.
 Nested nodes (a target's steps, their kernels) are checked the same way, recursively.
@@ -152,12 +153,10 @@ def _check_call(node: DictConfig, path: str) -> None:
         ) from None
     if not callable(fn):
         raise ConvlearnError(f"{path}._target_: {target!r} is not callable")
-    signature = inspect.signature(fn)
-    params = signature.parameters
+    params, hints = _parameters(fn)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     named = [name for name, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-    hints = _hints(fn)
-    rules = RULES.get(str(target), {})
+    rules = _rules(fn, str(target))
     for key in node:
         key = str(key)
         if key in HYDRA_KEYS:
@@ -207,6 +206,29 @@ def _get(node: DictConfig | ListConfig, key: str | int, path: str) -> Any:
         return node[key]
     except OmegaConfBaseException as err:
         raise ConvlearnError(f"{where}: {str(err).splitlines()[0]}") from None
+
+
+def _rules(fn: Callable, target: str) -> dict[str, Callable[[Any], str | None]]:
+    """The :data:`RULES` of ``target``, and of its base classes: a subclass takes its base's settings."""
+    bases = [f"{cls.__module__}.{cls.__qualname__}" for cls in fn.__mro__[::-1]] if inspect.isclass(fn) else []
+    return {key: rule for name in [*bases, target] for key, rule in RULES.get(name, {}).items()}
+
+
+def _parameters(fn: Callable) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
+    """The parameters ``fn`` takes and their type hints. A class whose ``__init__`` takes
+    ``**settings`` hands them to its base class (``super().__init__(**settings)``), so it takes
+    the first base's parameters as well, down the classes until one takes no ``**``."""
+    params, hints = dict(inspect.signature(fn).parameters), _hints(fn)
+    if inspect.isclass(fn):
+        for base in fn.__mro__[1:]:
+            rest = [name for name, p in params.items() if p.kind is p.VAR_KEYWORD]
+            if not rest or base.__init__ is object.__init__:
+                break
+            del params[rest[0]]
+            inherited = inspect.signature(base.__init__).parameters
+            params.update({name: p for name, p in inherited.items() if name != "self" and name not in params})
+            hints = {**_hints(base), **hints}
+    return params, hints
 
 
 def _hints(fn: Callable) -> dict[str, Any]:

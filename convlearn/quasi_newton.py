@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -104,22 +104,7 @@ class LBFGS(Trainer):
     """
 
     def __init__(
-        self,
-        steps: int = 300,
-        seed: int = 0,
-        progress: bool = True,
-        deterministic: bool = True,
-        val_every: int = 50,
-        on_nonfinite: Literal["stop", "skip"] = "stop",
-        checkpoint_every: int = 100,
-        keep_checkpoints: int = 2,
-        resume: bool = False,
-        threads: tuple[int, int] | None = None,
-        jit_compile: bool = False,
-        init: Literal["keras", "lsuv"] = "keras",
-        steps_per_call: int = 1,
-        memory: int = 10,
-        max_evaluations: int = 20,
+        self, memory: int = 10, max_evaluations: int = 20, steps: int = 300, jit_compile: bool = False, **settings: Any
     ) -> None:
         if memory < 1:
             raise ConvlearnError(f"trainer.memory: L-BFGS keeps at least 1 curvature pair, got {memory}")
@@ -127,11 +112,10 @@ class LBFGS(Trainer):
             raise ConvlearnError(f"trainer.max_evaluations: a line search needs at least 1, got {max_evaluations}")
         if jit_compile not in (True, False):
             raise ConvlearnError(f"trainer.jit_compile: trainer=lbfgs takes true or false, got {jit_compile!r}")
-        super().__init__(
-            steps=steps, seed=seed, progress=progress, deterministic=deterministic, val_every=val_every,
-            on_nonfinite=on_nonfinite, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-            resume=resume, threads=threads, jit_compile=jit_compile, init=init, steps_per_call=steps_per_call,
-        )
+        for key, alone in (("strategy", None), ("precision", "float32")):
+            if settings.get(key, alone) != alone:
+                raise ConvlearnError(f"trainer.{key}: trainer=lbfgs trains on one device in float32, got {settings[key]!r}")
+        super().__init__(steps=steps, jit_compile=jit_compile, **settings)
         self.memory = memory
         self.max_evaluations = max_evaluations
 

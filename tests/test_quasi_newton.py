@@ -11,6 +11,7 @@ from scipy.ndimage import gaussian_filter
 from conftest import tiny_cfg
 from convlearn.config import build
 from convlearn.data import make_batch, shapes
+from convlearn.config_checks import validate
 from convlearn.errors import ConvlearnError
 from convlearn.pipeline import run_experiment
 from convlearn.quasi_newton import LBFGS, QuasiNewtonState
@@ -118,3 +119,10 @@ def test_lbfgs_refuses_random_patches_and_bad_settings(tmp_path):
         LBFGS(memory=0)
     with pytest.raises(ConvlearnError, match="trainer.jit_compile"):
         LBFGS(jit_compile="auto")
+    with pytest.raises(ConvlearnError, match="trainer.strategy: trainer=lbfgs trains on one device in float32"):
+        LBFGS(strategy="mirrored")
+    # The default trainer's settings, and what the config checks know of them, hold for L-BFGS too.
+    with pytest.raises(ConvlearnError, match=r"trainer.steps: must be >= 1, got 0"):
+        validate(tiny_cfg("trainer=lbfgs", "model=linear", "target=gaussian", "trainer.steps=0"))
+    with pytest.raises(ConvlearnError, match=r"trainer.stepz: unknown key; .*LBFGS takes checkpoint_every, .*memory"):
+        validate(tiny_cfg("trainer=lbfgs", "model=linear", "target=gaussian", "+trainer.stepz=1"))
