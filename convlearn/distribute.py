@@ -3,7 +3,7 @@
 A batch's images are dealt out to the replicas (image ``i`` to replica ``i % replicas``); each
 replica's squared errors are divided by the pixel count of the whole batch, so that the summed
 replica losses and gradients equal the single-device MSE and its gradients; the summed update is
-applied once, and only when it is finite.
+applied once, and only when the loss, the gradients and the weights after it are finite.
 """
 
 from __future__ import annotations
@@ -38,10 +38,14 @@ def distributed_step(
     crops: Crops,
 ) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
     """One data-parallel training step: returns (loss before the update, gradient norm, whether
-    both were finite), like ``training.compiled_step``; a non-finite step is not applied."""
+    the step was applied), like ``training.compiled_step``: a step whose loss or gradients are not
+    finite, or whose update would make a weight non-finite, leaves weights and optimizer as they were."""
+    from convlearn.training import all_finite, apply_if_finite  # training imports this module
+
     variables = model.trainable_variables
     with strategy.scope():
         optimizer.build(variables)
+    state = [*variables, *optimizer.variables]
 
     def replica_gradients(inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
         context = tf.distribute.get_replica_context()
@@ -59,9 +63,8 @@ def distributed_step(
         # be traced.
         per_replica = strategy.run(replica_gradients, args=(inputs, targets))
         loss, grads = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in [loss, *grads]])
-        if finite:  # AutoGraph turns this into a tf.cond
-            optimizer.apply_gradients(zip(grads, variables))
-        return loss, tf.linalg.global_norm(grads), finite
+        finite = tf.reduce_all([all_finite(x) for x in [loss, *grads]])
+        applied = tf.cond(finite, lambda: apply_if_finite(optimizer, grads, variables, state), lambda: False)
+        return loss, tf.linalg.global_norm(grads), applied
 
     return step

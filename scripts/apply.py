@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere, without installing
 
+import convlearn  # noqa: E402, F401  (first: it quiets TensorFlow's start-up lines before Keras loads it)
 import imagecodecs  # noqa: E402
 import keras  # noqa: E402
 

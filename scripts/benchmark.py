@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere, without installing
 
+import convlearn  # noqa: E402, F401  (first: it quiets TensorFlow's start-up lines before Keras loads it)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -327,7 +328,8 @@ def in_turn_ratios(measured: dict) -> dict:
     logging = {"rounds": measured["rounds"], "steps_per_round": measured["steps_per_round"],
                "bare_steps_per_sec": float(np.mean(bare)), "logged_steps_per_sec": float(np.mean(logged)),
                "overhead": float(1 - np.mean(logged) / np.mean(bare)), "overhead_per_round": spread(1 - logged / bare)}
-    return {**measured, "steps_per_sec": {name: spread(values) for name, values in rates.items()}, "ratios": ratios,
+    return {**measured, "steps_per_sec": {name: spread(values) for name, values in rates.items()},
+            "steps_per_sec_per_round": {name: values.tolist() for name, values in rates.items()}, "ratios": ratios,
             "logging": logging}
 
 

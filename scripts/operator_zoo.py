@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -31,7 +30,8 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from convlearn import geometry  # noqa: E402 (needs the repository on the path)
+from convlearn import geometry  # noqa: E402 (needs the repository on the path; first: quiets TensorFlow's start-up)
+import keras  # noqa: E402
 from convlearn.config import build  # noqa: E402
 from convlearn.data import Images, make_feed  # noqa: E402
 from convlearn.targets import Pipeline  # noqa: E402

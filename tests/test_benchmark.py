@@ -157,6 +157,8 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
                                              "convlearn bare step", "convlearn"}
     for ratio in in_turn["ratios"].values():
         assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
+    for name, rates in in_turn["steps_per_sec_per_round"].items():  # the raw rates behind every spread
+        assert len(rates) == 2 and min(rates) == in_turn["steps_per_sec"][name]["min"]
     assert "convlearn vs the fastest keras fit" in in_turn["ratios"]
     fast = report["presets"]["experiment=fast"]
     assert fast["seeds"] == [0, 1] and len(fast["seconds_to_notebook_quality"]) == 2

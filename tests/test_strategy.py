@@ -31,17 +31,21 @@ with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
 target = build(cfg, "target")
 
 
-def fit(strategy):
+def fit(strategy, **optimizer_settings):
     trainer = build(cfg, "trainer", strategy=strategy)
     seed_everything(trainer.seed)
     with trainer.scope():
         model = build(cfg, "model", target=target.footprint)
-        optimizer = build(cfg, "optimizer")
+        optimizer = build(cfg, "optimizer", **optimizer_settings)
     # Two different images, so that each replica gets its own share of the batch.
     images = np.stack([build(cfg, "data", seed=seed) for seed in (1, 2)])[..., None]
     batch = make_batch(images, target, model)
+    start = [w.copy() for w in model.get_weights()]
     history = trainer.fit(model, optimizer, batch)
     return {
+        "status": history.status,
+        "reason": history.reason,
+        "unchanged": all(np.array_equal(a, b) for a, b in zip(start, model.get_weights())),
         "losses": history.losses,
         "grad_norms": history.grad_norms,
         "replicas": trainer.distribution.num_replicas_in_sync if trainer.distribution else 1,
@@ -50,7 +54,8 @@ def fit(strategy):
     }
 
 
-print(json.dumps({"single": fit(None), "mirrored": fit("mirrored")}))
+# A learning rate beyond float32 (inf once stored): finite loss and gradients, non-finite update.
+print(json.dumps({"single": fit(None), "mirrored": fit("mirrored"), "diverging": fit("mirrored", lr=1e39)}))
 """
 
 
@@ -70,6 +75,11 @@ def test_mirrored_strategy_matches_one_device_on_the_same_batch():
     np.testing.assert_allclose(mirrored["losses"], single["losses"], rtol=1e-4)
     np.testing.assert_allclose(mirrored["grad_norms"], single["grad_norms"], rtol=1e-4)
     np.testing.assert_allclose(mirrored["kernel"], single["kernel"], rtol=1e-3, atol=1e-6)
+    # The distributed step's guard, like the single-device one: the update that would make the
+    # weights non-finite is not applied, and the run stops with the weights it started from.
+    diverging = runs["diverging"]
+    assert diverging["status"] == "failed" and "non-finite" in diverging["reason"], diverging["reason"]
+    assert diverging["unchanged"] and np.all(np.isfinite(diverging["kernel"]))
 
 
 def test_unknown_strategy_is_a_one_line_error(make_cfg):
