@@ -81,7 +81,11 @@ class Rank(Windowed):
         self.op = op
 
     def __call__(self, images: tf.Tensor) -> tf.Tensor:
-        values = self.neighbours(images)
+        # TensorFlow's CPU reductions flush subnormal floats (below 1.2e-38) to zero on some paths
+        # and not on others, so min, median and max of the same subnormal window could disagree;
+        # flushed here first, they are ordered on every image.
+        tiny = np.finfo(np.float32).tiny
+        values = self.neighbours(tf.where(tf.abs(images) < tiny, tf.zeros_like(images), images))
         if self.op == "min":
             return tf.reduce_min(values, axis=-1)
         if self.op == "max":

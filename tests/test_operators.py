@@ -3,7 +3,7 @@ and what holds for every image (hypothesis)."""
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from hydra.utils import instantiate
@@ -172,6 +172,7 @@ FAST = settings(max_examples=25, deadline=None)
 
 @FAST
 @given(images)
+@example(np.full((5, 5), 1e-45, np.float32))  # subnormal: TensorFlow's reductions once flushed some, not others
 def test_rank_filters_are_ordered(image):
     low, middle, high = (apply(Rank(op, 3, "disk"), image) for op in ("min", "median", "max"))
     assert np.all(low <= middle) and np.all(middle <= high)
