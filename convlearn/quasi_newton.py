@@ -26,9 +26,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from convlearn.data import Batch
 from convlearn.errors import ConvlearnError
 from convlearn.geometry import Crops
-from convlearn.data import Batch
 from convlearn.training import History, StepLogger, Trainer
 
 # Sufficient decrease (Armijo) constant and the line search's shrink factor per rejected trial.

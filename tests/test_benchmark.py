@@ -11,15 +11,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT, load_script
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, load_script
 from convlearn import perf
 from convlearn.config import build
+from convlearn.config_checks import validate
 from convlearn.errors import ConvlearnError
 from convlearn.models import linear, sequential
 from convlearn.optim import current_lr
-from convlearn.config_checks import validate
 from convlearn.pipeline import run_experiment
 
 

@@ -9,14 +9,14 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT, TINY
 from hypothesis import given
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, TINY
-from convlearn.errors import ConvlearnError
 from convlearn import sweep as sweep_module
+from convlearn.errors import ConvlearnError
 from convlearn.sweep import FAILED, gpu_for_job, objective, parallel_jobs, share_gpus, threads_per_job
 from scripts.sweep_report import report
 

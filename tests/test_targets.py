@@ -5,16 +5,16 @@ import json
 import keras
 import numpy as np
 import pytest
+from conftest import ROOT
 from scipy.ndimage import correlate
 
 from convlearn import kernels
+from convlearn.config import build
 from convlearn.data import shapes
 from convlearn.errors import ConvlearnError
-from conftest import ROOT
-from convlearn.config import build
 from convlearn.pipeline import build_experiment, run_experiment
-from convlearn.training import mse
 from convlearn.targets import Combine, Convolve, Pipeline, Pointwise, Repeat, compose_kernels, template
+from convlearn.training import mse
 
 PRESETS = sorted(p.stem for p in (ROOT / "configs" / "target").glob("*.yaml"))
 

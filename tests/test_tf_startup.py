@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from convlearn import tf_startup
 from convlearn.tf_startup import ABSL_BANNER, early_lines, gpu_possible, stderr_without
 
