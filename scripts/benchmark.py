@@ -51,7 +51,7 @@ from convlearn.data import make_batch, shapes  # noqa: E402
 from convlearn.logs import hparams_from_config  # noqa: E402
 from convlearn.optim import current_lr  # noqa: E402
 from convlearn.pipeline import build_experiment, train_experiment  # noqa: E402
-from convlearn.training import compiled_step, mse  # noqa: E402
+from convlearn.training import compiled_chunk, compiled_step, mse  # noqa: E402
 
 QUICK_DATA = ["debug=tiny"]  # configs/debug/tiny.yaml: the tests' tiny image
 QUICK_STEPS = 10  # a whole number of Keras fit executions (steps_per_execution=10)
@@ -64,6 +64,7 @@ THREAD_SWEEP_STEPS = 100
 # The loops measured in turns in one process: rounds of this many steps of each.
 IN_TURN_ROUNDS, IN_TURN_CHUNK = 5, 30
 FIT_EXECUTION = 10  # steps_per_execution of the second Keras fit loop
+PER_CALL = f"convlearn bare step, steps_per_call={FIT_EXECUTION}"  # the in-turn loop of K steps per compiled call
 SEEDS = 5  # seeds 0..4 of every preset, for its time to the notebook's quality
 PARTS = ("rows", "turns", "seeds")
 PRESETS = {"experiment=fast": ["experiment=fast"]}
@@ -258,14 +259,16 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
     that the machine's drift (rows in separate processes differ by up to ~30%) falls on all of
     them alike. The loops: the notebook's cell; Keras ``fit`` on a repeated dataset, one call of
     ``chunk`` steps per round, with one step per execution and with ``FIT_EXECUTION``; the
-    trainer's compiled step bare, and followed by the logger's ``on_step`` as the trainer calls it
-    (pictures at the logger's own ``image_every``). Each has its own model, traced before the
-    clock runs. Returns each loop's steps/s per round."""
+    trainer's compiled step bare, bare with ``FIT_EXECUTION`` steps per compiled call
+    (``trainer.steps_per_call``: one host sync per call), and followed by the logger's ``on_step``
+    as the trainer calls it (pictures at the logger's own ``image_every``). The notebook's cell and
+    the fits have their own models, traced before the clock runs. Returns each loop's steps/s per round."""
     cfg, train = experiment.cfg, experiment.feed.train
     model, optimizer = experiment.model, experiment.optimizer
     batch = make_batch(experiment.images.train[0][..., 0], experiment.target, notebook_model())
     image, target_image = experiment.images.train[0][..., 0], batch.targets.numpy()[0, ..., 0]
     step_fn = compiled_step(model, optimizer, train.crops)
+    chunk_fn = compiled_chunk(step_fn, optimizer, FIT_EXECUTION, same_batch=True, stop_on_nonfinite=True)
     make_logger = build(cfg, "logger")
     with tempfile.TemporaryDirectory() as log_dir, make_logger(
         log_dir=Path(log_dir), batch=experiment.feed.preview, config_text=OmegaConf.to_yaml(cfg),
@@ -280,6 +283,11 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
                 if log:
                     logger.on_step(logged_steps[0], {**scalars, "learning_rate": current_lr(optimizer)}, model)
                     logged_steps[0] += 1
+
+        def convlearn_per_call(steps: int) -> None:
+            for first in range(0, steps, FIT_EXECUTION):
+                count = min(FIT_EXECUTION, steps - first)
+                float(chunk_fn([(train.inputs, train.targets)] * count)[0][-1])  # one sync per call
 
         def fit(per_execution: int) -> Callable[[int], None]:
             fit_net = notebook_model()
@@ -297,6 +305,7 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
             "keras fit": fit(1),
             f"keras fit steps_per_execution={FIT_EXECUTION}": fit(FIT_EXECUTION),
             "convlearn bare step": lambda steps: convlearn(steps, log=False),
+            PER_CALL: convlearn_per_call,
             "convlearn": lambda steps: convlearn(steps, log=True),
         }
         logger.pictures(0, model)
@@ -324,6 +333,7 @@ def in_turn_ratios(measured: dict) -> dict:
     ratios = {f"{name} vs {NOTEBOOK}": spread(values / rates[NOTEBOOK]) for name, values in rates.items()
               if name != NOTEBOOK}
     ratios["convlearn vs the fastest keras fit"] = spread(rates["convlearn"] / fastest_fit)
+    ratios[f"{PER_CALL} vs one step per call"] = spread(rates[PER_CALL] / rates["convlearn bare step"])
     bare, logged = rates["convlearn bare step"], rates["convlearn"]
     logging = {"rounds": measured["rounds"], "steps_per_round": measured["steps_per_round"],
                "bare_steps_per_sec": float(np.mean(bare)), "logged_steps_per_sec": float(np.mean(logged)),
