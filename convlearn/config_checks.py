@@ -3,8 +3,8 @@
 The schema of every config node is the signature of the callable its ``_target_`` names: its
 parameters are the allowed keys, its type hints the allowed types, its parameters without a
 default the required keys; a class whose ``__init__`` passes ``**settings`` on to its base class
-takes the base's parameters too (:func:`_parameters`). That keeps one source of truth (the code the config calls) instead of a
-second copy of every YAML file as dataclasses. What a type hint cannot say (``lr > 0``) is listed
+takes the base's parameters too (:func:`_parameters`). That keeps one source of truth (the code the
+config calls) instead of a second copy of every YAML file as dataclasses. What a type hint cannot say (``lr > 0``) is listed
 in :data:`RULES`, by callable and parameter, so it applies wherever that callable is used.
 Nested nodes (a target's steps, their kernels) are checked the same way, recursively.
 

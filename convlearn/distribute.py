@@ -16,6 +16,7 @@ import tensorflow as tf
 from convlearn.data import compared
 from convlearn.errors import ConvlearnError
 from convlearn.geometry import Crops
+from convlearn.optim import apply_if_finite
 
 STRATEGIES = ("mirrored",)
 
@@ -40,12 +41,9 @@ def distributed_step(
     """One data-parallel training step: returns (loss before the update, gradient norm, whether
     the step was applied), like ``training.compiled_step``: a step whose loss or gradients are not
     finite, or whose update would make a weight non-finite, leaves weights and optimizer as they were."""
-    from convlearn.training import all_finite, apply_if_finite  # training imports this module
-
     variables = model.trainable_variables
     with strategy.scope():
         optimizer.build(variables)
-    state = [*variables, *optimizer.variables]
 
     def replica_gradients(inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
         context = tf.distribute.get_replica_context()
@@ -63,8 +61,6 @@ def distributed_step(
         # be traced.
         per_replica = strategy.run(replica_gradients, args=(inputs, targets))
         loss, grads = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-        finite = tf.reduce_all([all_finite(x) for x in [loss, *grads]])
-        applied = tf.cond(finite, lambda: apply_if_finite(optimizer, grads, variables, state), lambda: False)
-        return loss, tf.linalg.global_norm(grads), applied
+        return loss, tf.linalg.global_norm(grads), apply_if_finite(optimizer, grads, variables, [loss, *grads])
 
     return step

@@ -3,11 +3,15 @@
 Keras 3 optimizers take ``learning_rate``; the config speaks of ``lr`` (``optimizer.lr=3e-3`` on
 the command line), and any other argument goes to the Keras class unchanged. ``warmup_cosine``
 optionally wraps the rate in Keras' cosine-decay schedule with a linear warm-up.
+:func:`apply_if_finite` is how every training step applies an update: only a finite one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
+import tensorflow as tf
 from hydra.utils import get_class
 
 from convlearn.errors import ConvlearnError
@@ -49,3 +53,33 @@ def current_lr(optimizer: keras.optimizers.Optimizer) -> float:
     """The learning rate the optimizer uses at its current iteration."""
     rate = optimizer.learning_rate
     return float(rate.numpy() if hasattr(rate, "numpy") else rate)
+
+
+def apply_if_finite(
+    optimizer: keras.optimizers.Optimizer, grads: Sequence[tf.Tensor], variables: Sequence, checked: Sequence[tf.Tensor]
+) -> tf.Tensor:
+    """Apply ``grads`` to ``variables`` when every tensor in ``checked`` (the loss, the gradients) is
+    finite, and keep the update only if the weights and the optimizer's state stay finite (Adam's
+    second moment overflows first: the square of a gradient near 1e20); otherwise put both back as
+    they were. Returns whether the update was kept. The copy costs a few element-wise ops on the
+    weights, which are small next to the convolutions of a step."""
+    state = [*variables, *optimizer.variables]
+
+    def apply() -> tf.Tensor:
+        before = [tf.identity(v) for v in state]
+        with tf.control_dependencies(before):
+            optimizer.apply_gradients(zip(grads, variables))
+        finite = tf.reduce_all([_all_finite(v) for v in state if tf.as_dtype(v.dtype).is_floating])
+
+        def put_back() -> tf.Tensor:
+            for variable, value in zip(state, before):
+                variable.assign(value)
+            return tf.constant(False)
+
+        return tf.cond(finite, lambda: tf.constant(True), put_back)
+
+    return tf.cond(tf.reduce_all([_all_finite(x) for x in checked]), apply, lambda: tf.constant(False))
+
+
+def _all_finite(tensor: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_all(tf.math.is_finite(tensor))

@@ -31,7 +31,7 @@ from convlearn.data import Batch, compared
 from convlearn.errors import ConvlearnError
 from convlearn.geometry import Crops
 from convlearn.initialization import unit_variance
-from convlearn.optim import current_lr
+from convlearn.optim import apply_if_finite, current_lr
 from convlearn.perf import fastest_step, loss_scaled
 
 log = logging.getLogger("convlearn")
@@ -361,7 +361,6 @@ def compiled_step(
     non-finite loss counts as non-finite, and the gradient norm is reported unscaled."""
     variables = model.trainable_variables
     optimizer.build(variables)
-    state = [*variables, *optimizer.variables]
     scaler = optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
 
     @tf.function(jit_compile=jit_compile)
@@ -373,9 +372,7 @@ def compiled_step(
         grads = tape.gradient(scaled, variables)
         scale = tf.constant(1.0) if scaler is None else tf.identity(scaler.dynamic_scale)  # before the update
         checked = [loss] if scaler is not None else [loss, *grads]
-        finite = tf.reduce_all([all_finite(x) for x in checked])
-        applied = tf.cond(finite, lambda: apply_if_finite(optimizer, grads, variables, state), lambda: False)
-        return loss, tf.linalg.global_norm(grads) / scale, applied
+        return loss, tf.linalg.global_norm(grads) / scale, apply_if_finite(optimizer, grads, variables, checked)
 
     return step
 
@@ -419,30 +416,6 @@ def compiled_chunk(
         return run(tf.stack([b[0] for b in padded]), tf.stack([b[1] for b in padded]), count)
 
     return chunk
-
-
-def all_finite(tensor: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_all(tf.math.is_finite(tensor))
-
-
-def apply_if_finite(
-    optimizer: keras.optimizers.Optimizer, grads: Sequence[tf.Tensor], variables: Sequence, state: Sequence
-) -> tf.Tensor:
-    """Apply ``grads``; if that makes a weight or the optimizer's state non-finite (Adam's second
-    moment overflows first: the square of a gradient near 1e20), put ``state`` (the weights and the
-    optimizer's variables) back as it was and return False. The copy costs a few element-wise ops
-    on the weights, which are small next to the convolutions of a step."""
-    before = [tf.identity(v) for v in state]
-    with tf.control_dependencies(before):
-        optimizer.apply_gradients(zip(grads, variables))
-    finite = tf.reduce_all([all_finite(v) for v in state if tf.as_dtype(v.dtype).is_floating])
-
-    def put_back() -> tf.Tensor:
-        for variable, value in zip(state, before):
-            variable.assign(value)
-        return tf.constant(False)
-
-    return tf.cond(finite, lambda: tf.constant(True), put_back)
 
 
 def _until_signal(calls: Iterable[tuple[int, int]], history: History) -> Iterator[tuple[int, int]]:
