@@ -20,7 +20,7 @@ from convlearn.geometry import conv
 from convlearn.logs import (
     TensorBoardLogger, effective_kernels, hparams_from_config, landmark_kernels, landmarks, write_histogram,
 )
-from convlearn.models import linear, sequential
+from convlearn.models import footprint, linear, sequential
 from convlearn.pipeline import run_experiment
 
 OVERRIDES = ["optimizer.lr=3e-3", "model=notebook", "data.height=40"]
@@ -224,6 +224,30 @@ def test_a_non_linear_model_has_a_kernel_per_landmark():
     kernel = linear_model.layers[0].kernel.numpy()[:, :, 0, 0]
     for found in landmark_kernels(linear_model, square_picture()[..., None]):
         assert np.allclose(found, kernel, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_landmark_kernels_from_crops_are_the_whole_image_gradients(padding):
+    # The kernels come from the three receptive fields cut out of the image; the same input
+    # gradients taken on the whole image (the definition) must agree, for VALID and SAME layers.
+    keras.utils.set_random_seed(3)
+    model = sequential([dict(filters=3, kernel_size=3, activation="elu", padding=padding),
+                        dict(filters=2, kernel_size=(2, 3), activation="elu", dilation_rate=2),
+                        dict(filters=1, kernel_size=3, padding=padding)])
+    image = square_picture()[..., None] + np.random.default_rng(0).normal(0, 0.1, (40, 40, 1)).astype(np.float32)
+    fp = footprint(model)
+    pixels = landmarks(image[..., 0], fp, (40 - fp.shrink[0], 40 - fp.shrink[1]))
+    inputs = tf.constant(image[None])
+    for found, (row, col) in zip(landmark_kernels(model, image), pixels, strict=True):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            value = model(inputs)[0, row, col, 0]
+        whole = tape.gradient(value, inputs)[0, ..., 0].numpy().astype(np.float64)
+        assert found.shape == fp.extent and np.abs(found).sum() > 0
+        # All of the whole image's gradient lies in one receptive-field window, and that window is the kernel.
+        assert np.isclose(np.abs(found).sum(), np.abs(whole).sum(), rtol=1e-5)
+        windows = np.lib.stride_tricks.sliding_window_view(whole, fp.extent)
+        assert np.abs(windows - found).max(axis=(-2, -1)).min() < 1e-6
 
 
 def test_logger_flushes_and_closes_when_training_fails(tmp_path):
