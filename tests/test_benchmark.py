@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import time
 import sys
 
 import keras
@@ -230,9 +231,29 @@ def test_fastest_step_picks_the_faster_and_puts_the_state_back():
             product = tf.matmul(product, matrix) / 256.0
         return counter + tf.reduce_sum(product) * 0.0, inputs, targets
 
-    picked, rates = perf.fastest_step({"costly": costly, "cheap": cheap}, tf.zeros(1), tf.zeros(1), state=[counter])
+    steps = {"costly": costly, "cheap": cheap}
+    picked, rates = perf.fastest_step(steps, tf.zeros(1), tf.zeros(1), state=[counter], clear=math.inf)
     assert picked == "cheap" and rates["cheap"] > rates["costly"] > 0
     assert float(counter) == 0.0  # 2 * (1 + 3 * 2) steps ran, and none of them counts
+
+
+def test_fastest_step_stops_timing_once_the_gap_is_clear():
+    ran = {"slow": 0, "fast": 0}
+
+    def timed(name, seconds):
+        def step(inputs, targets):
+            ran[name] += 1
+            time.sleep(seconds)
+            return tf.constant(0.0), inputs, targets
+        return step
+
+    steps = {"slow": timed("slow", 0.03), "fast": timed("fast", 0.001)}
+    picked, rates = perf.fastest_step(steps, tf.zeros(1), tf.zeros(1), state=[], rounds=3, per_round=2)
+    assert picked == "fast" and rates["fast"] > 1.2 * rates["slow"]
+    assert ran == {"slow": 1 + 2, "fast": 1 + 2}  # the first calls, then one round: the gap was clear
+    ran.update(slow=0, fast=0)
+    perf.fastest_step({"a": timed("slow", 0.05), "b": timed("fast", 0.05)}, tf.zeros(1), tf.zeros(1), state=[])
+    assert ran == {"slow": 1 + 3 * 2, "fast": 1 + 3 * 2}  # alike: all three rounds
 
 
 @pytest.mark.slow
