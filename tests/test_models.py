@@ -117,6 +117,20 @@ def test_split_delta_starts_at_opposite_corners_and_composes_to_the_identity(tmp
     assert [l.kernel_initializer.tap for l in models.conv_layers(reloaded)] == [(0, 0), (1, 1), (2, 2)]
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_zero_mean_edge_filters_sum_to_zero_and_answer_only_edges(seed, tmp_path):
+    keras.utils.set_random_seed(seed)
+    model = models.notebook(edge_init="zero_mean")
+    edge = models.conv_layers(model)[0]
+    kernel = edge.kernel.numpy()
+    assert np.abs(kernel.sum(axis=(0, 1, 2))).max() < 1e-6 and np.abs(kernel).max(axis=(0, 1, 2)).min() > 0.01
+    flat = np.full((1, 6, 6, 1), 0.7, np.float32)
+    assert np.abs(edge.convolution_op(flat, edge.kernel).numpy()).max() < 1e-6  # a flat region gives nothing
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert isinstance(models.conv_layers(reloaded)[0].kernel_initializer, models.ZeroMean)
+
+
 def test_auto_sizes_line_the_model_up_with_the_target() -> None:
     odd_kernel = geometry.conv((3, 3))  # e.g. sobel: output centres on whole pixels
     edge_blur = geometry.chain([geometry.conv((2, 2)), geometry.conv((5, 5))])  # centres on half pixels
