@@ -325,8 +325,13 @@ class Trainer:
         ``jit_compile="auto"`` both. A distributed step is never compiled by XLA."""
         if self.distribution is not None:
             return {False: distribute.distributed_step(self.distribution, model, optimizer, crops)}
-        choices = (False, True) if self.jit_compile == "auto" else (bool(self.jit_compile),)
-        return {jit: compiled_step(model, optimizer, crops, jit) for jit in choices}
+        if self.jit_compile != "auto":
+            return {bool(self.jit_compile): compiled_step(model, optimizer, crops, bool(self.jit_compile))}
+        graph = compiled_step(model, optimizer, crops, jit_compile=False)
+        # XLA compiles the graph step's own trace, which the timing traces first, instead of
+        # tracing the model a second time (a second or more of start-up on the notebook's model).
+        xla = tf.function(lambda inputs, targets: graph(inputs, targets), jit_compile=True)
+        return {False: graph, True: xla}
 
     def _guard(self, step: int, finite: bool, loss: float, grad_norm: float, history: History) -> bool:
         """Record a non-finite step (its update was not applied); False when the run must stop."""

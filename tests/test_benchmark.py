@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import time
 import sys
+import time
 
 import keras
 import numpy as np
@@ -19,9 +19,11 @@ from convlearn import perf
 from convlearn.config import build
 from convlearn.config_checks import validate
 from convlearn.errors import ConvlearnError
+from convlearn.geometry import Crops
 from convlearn.models import linear, sequential
 from convlearn.optim import current_lr
 from convlearn.pipeline import run_experiment
+from convlearn.training import Trainer, compiled_step
 
 
 @pytest.fixture
@@ -254,6 +256,24 @@ def test_fastest_step_stops_timing_once_the_gap_is_clear():
     ran.update(slow=0, fast=0)
     perf.fastest_step({"a": timed("slow", 0.05), "b": timed("fast", 0.05)}, tf.zeros(1), tf.zeros(1), state=[])
     assert ran == {"slow": 1 + 3 * 2, "fast": 1 + 3 * 2}  # alike: all three rounds
+
+
+def test_autos_xla_candidate_is_the_pinned_xla_step():
+    # auto's XLA step compiles the graph step's trace rather than tracing the model again: it must
+    # train exactly as a step pinned to XLA from the start does.
+    def losses(steps):
+        keras.utils.set_random_seed(0)
+        model = sequential([dict(filters=3, kernel_size=3, activation="elu"), dict(filters=1, kernel_size=3)])
+        optimizer = keras.optimizers.Adam(1e-2)
+        inputs = tf.random.stateless_normal((1, 12, 12, 1), seed=(1, 2))
+        targets = tf.random.stateless_normal((1, 8, 8, 1), seed=(3, 4))
+        step = steps(model, optimizer, Crops(model=(slice(None),) * 2, target=(), inputs=()))
+        return [float(step(inputs, targets)[0]) for _ in range(4)]
+
+    auto = Trainer(jit_compile="auto", progress=False)
+    via_graph = losses(lambda model, optimizer, crops: auto._steps(model, optimizer, crops)[True])
+    pinned = losses(lambda model, optimizer, crops: compiled_step(model, optimizer, crops, jit_compile=True))
+    assert via_graph == pinned and via_graph[-1] < via_graph[0]
 
 
 @pytest.mark.slow
