@@ -64,7 +64,8 @@ THREAD_SWEEP_STEPS = 100
 # The loops measured in turns in one process: rounds of this many steps of each.
 IN_TURN_ROUNDS, IN_TURN_CHUNK = 5, 30
 FIT_EXECUTION = 10  # steps_per_execution of the second Keras fit loop
-PER_CALL = f"convlearn bare step, steps_per_call={FIT_EXECUTION}"  # the in-turn loop of K steps per compiled call
+PER_CALL = f"convlearn bare step, steps_per_call={FIT_EXECUTION}"  # the in-turn loops of K steps per compiled call
+LOGGED_PER_CALL = f"convlearn, steps_per_call={FIT_EXECUTION}"
 SEEDS = 5  # seeds 0..4 of every preset, for its time to the notebook's quality
 PARTS = ("rows", "turns", "seeds")
 PRESETS = {"experiment=fast": ["experiment=fast"]}
@@ -260,9 +261,10 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
     them alike. The loops: the notebook's cell; Keras ``fit`` on a repeated dataset, one call of
     ``chunk`` steps per round, with one step per execution and with ``FIT_EXECUTION``; the
     trainer's compiled step bare, bare with ``FIT_EXECUTION`` steps per compiled call
-    (``trainer.steps_per_call``: one host sync per call), and followed by the logger's ``on_step``
-    as the trainer calls it (pictures at the logger's own ``image_every``). The notebook's cell and
-    the fits have their own models, traced before the clock runs. Returns each loop's steps/s per round."""
+    (``trainer.steps_per_call``: one host sync per call), followed by the logger's ``on_step`` as
+    the trainer calls it (pictures at the logger's own ``image_every``), and with both. The
+    notebook's cell and the fits have their own models, traced before the clock runs. Returns
+    each loop's steps/s per round."""
     cfg, train = experiment.cfg, experiment.feed.train
     model, optimizer = experiment.model, experiment.optimizer
     batch = make_batch(experiment.images.train[0][..., 0], experiment.target, notebook_model())
@@ -284,10 +286,14 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
                     logger.on_step(logged_steps[0], {**scalars, "learning_rate": current_lr(optimizer)}, model)
                     logged_steps[0] += 1
 
-        def convlearn_per_call(steps: int) -> None:
+        def convlearn_per_call(steps: int, log: bool) -> None:
             for first in range(0, steps, FIT_EXECUTION):
                 count = min(FIT_EXECUTION, steps - first)
-                float(chunk_fn([(train.inputs, train.targets)] * count)[0][-1])  # one sync per call
+                losses, grad_norms, _, lrs = (v.numpy() for v in chunk_fn([(train.inputs, train.targets)] * count))
+                for loss, grad_norm, lr in zip(losses, grad_norms, lrs) if log else ():  # one sync per call
+                    scalars = {"loss": float(loss), "grad_norm": float(grad_norm), "learning_rate": float(lr)}
+                    logger.on_step(logged_steps[0], scalars, model)
+                    logged_steps[0] += 1
 
         def fit(per_execution: int) -> Callable[[int], None]:
             fit_net = notebook_model()
@@ -305,8 +311,9 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
             "keras fit": fit(1),
             f"keras fit steps_per_execution={FIT_EXECUTION}": fit(FIT_EXECUTION),
             "convlearn bare step": lambda steps: convlearn(steps, log=False),
-            PER_CALL: convlearn_per_call,
+            PER_CALL: lambda steps: convlearn_per_call(steps, log=False),
             "convlearn": lambda steps: convlearn(steps, log=True),
+            LOGGED_PER_CALL: lambda steps: convlearn_per_call(steps, log=True),
         }
         logger.pictures(0, model)
         for run in loops.values():
@@ -334,6 +341,7 @@ def in_turn_ratios(measured: dict) -> dict:
               if name != NOTEBOOK}
     ratios["convlearn vs the fastest keras fit"] = spread(rates["convlearn"] / fastest_fit)
     ratios[f"{PER_CALL} vs one step per call"] = spread(rates[PER_CALL] / rates["convlearn bare step"])
+    ratios[f"{LOGGED_PER_CALL} vs one step per call"] = spread(rates[LOGGED_PER_CALL] / rates["convlearn"])
     bare, logged = rates["convlearn bare step"], rates["convlearn"]
     logging = {"rounds": measured["rounds"], "steps_per_round": measured["steps_per_round"],
                "bare_steps_per_sec": float(np.mean(bare)), "logged_steps_per_sec": float(np.mean(logged)),

@@ -157,13 +157,14 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     assert logging["overhead"] == pytest.approx(1 - logging["logged_steps_per_sec"] / logging["bare_steps_per_sec"])
     in_turn = report["in_turn"]
     assert set(in_turn["steps_per_sec"]) == {"notebook loop", "keras fit", "keras fit steps_per_execution=10",
-                                             "convlearn bare step", "convlearn bare step, steps_per_call=10", "convlearn"}
+                                             "convlearn bare step", "convlearn bare step, steps_per_call=10", "convlearn",
+                                             "convlearn, steps_per_call=10"}
     for ratio in in_turn["ratios"].values():
         assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
     for name, rates in in_turn["steps_per_sec_per_round"].items():  # the raw rates behind every spread
         assert len(rates) == 2 and min(rates) == in_turn["steps_per_sec"][name]["min"]
-    assert {"convlearn vs the fastest keras fit", "convlearn bare step, steps_per_call=10 vs one step per call"} <= set(
-        in_turn["ratios"])
+    assert {"convlearn vs the fastest keras fit", "convlearn bare step, steps_per_call=10 vs one step per call",
+            "convlearn, steps_per_call=10 vs one step per call"} <= set(in_turn["ratios"])
     fast = report["presets"]["experiment=fast"]
     assert fast["seeds"] == [0, 1] and len(fast["seconds_to_notebook_quality"]) == 2
     assert fast["seconds_to_notebook_quality"][0] == next(
@@ -193,9 +194,11 @@ def test_fast_preset_is_the_notebook_experiment_with_lsuv_and_a_tuned_adam(make_
     validate(cfg)
     optimizer = build(cfg, "optimizer")
     assert isinstance(optimizer, keras.optimizers.Adam)
-    assert optimizer.epsilon == pytest.approx(1e-10) and current_lr(optimizer) == pytest.approx(4e-3)
+    assert optimizer.epsilon == pytest.approx(1e-10) and current_lr(optimizer) == pytest.approx(5e-3)
     assert optimizer.global_clipnorm == pytest.approx(0.05) and optimizer.beta_2 == pytest.approx(0.99)
+    assert cfg.optimizer.decay_steps == cfg.trainer.steps  # the rate decays to zero over the run
     assert cfg.model._target_ == "convlearn.models.notebook" and cfg.target.repeats == 5
+    assert cfg.model.edge_init == "zero_mean"
     trainer = build(cfg, "trainer")
     assert trainer.jit_compile == "auto" and trainer.init == "lsuv"
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

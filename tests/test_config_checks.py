@@ -224,7 +224,7 @@ COMPOSE_CASES = {
     "trainer.stepz=3": f"trainer.stepz: {NEW_KEY.format('trainer.stepz')}; trainer has {TRAINER_KEYS}",
     "model.nope=1": (
         f"model.nope: {NEW_KEY.format('model.nope')}; model has activation, blur_filters, blur_layers, "
-        "edge_filters, edge_size, width"
+        "edge_filters, edge_init, edge_size, width"
     ),
     "trainer.foo.bar=1": f"trainer.foo: {NEW_KEY.format('trainer.foo')}; trainer has {TRAINER_KEYS}",
     "bogus=1": (
