@@ -266,7 +266,7 @@ def test_autos_xla_candidate_is_the_pinned_xla_step():
     # train exactly as a step pinned to XLA from the start does.
     def losses(steps):
         keras.utils.set_random_seed(0)
-        model = sequential([dict(filters=3, kernel_size=3, activation="elu"), dict(filters=1, kernel_size=3)])
+        model = sequential([{"filters": 3, "kernel_size": 3, "activation": "elu"}, {"filters": 1, "kernel_size": 3}])
         optimizer = keras.optimizers.Adam(1e-2)
         inputs = tf.random.stateless_normal((1, 12, 12, 1), seed=(1, 2))
         targets = tf.random.stateless_normal((1, 8, 8, 1), seed=(3, 4))

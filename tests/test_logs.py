@@ -231,9 +231,9 @@ def test_landmark_kernels_from_crops_are_the_whole_image_gradients(padding):
     # The kernels come from the three receptive fields cut out of the image; the same input
     # gradients taken on the whole image (the definition) must agree, for VALID and SAME layers.
     keras.utils.set_random_seed(3)
-    model = sequential([dict(filters=3, kernel_size=3, activation="elu", padding=padding),
-                        dict(filters=2, kernel_size=(2, 3), activation="elu", dilation_rate=2),
-                        dict(filters=1, kernel_size=3, padding=padding)])
+    model = sequential([{"filters": 3, "kernel_size": 3, "activation": "elu", "padding": padding},
+                        {"filters": 2, "kernel_size": (2, 3), "activation": "elu", "dilation_rate": 2},
+                        {"filters": 1, "kernel_size": 3, "padding": padding}])
     image = square_picture()[..., None] + np.random.default_rng(0).normal(0, 0.1, (40, 40, 1)).astype(np.float32)
     fp = footprint(model)
     pixels = landmarks(image[..., 0], fp, (40 - fp.shrink[0], 40 - fp.shrink[1]))
