@@ -278,22 +278,27 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
     ) as logger:
         logged_steps = [0]
 
+        def log_step(loss: float, grad_norm: float, learning_rate: float) -> None:
+            """One step's scalars to the logger, numbered on from the logged loops' last step."""
+            scalars = {"loss": loss, "grad_norm": grad_norm, "learning_rate": learning_rate}
+            logger.on_step(logged_steps[0], scalars, model)
+            logged_steps[0] += 1
+
         def convlearn(steps: int, log: bool) -> None:
             for _ in range(steps):
                 loss, grad_norm, _ = step_fn(train.inputs, train.targets)
-                scalars = {"loss": float(loss), "grad_norm": float(grad_norm)}
+                loss, grad_norm = float(loss), float(grad_norm)  # waits for the step, as the trainer does
                 if log:
-                    logger.on_step(logged_steps[0], {**scalars, "learning_rate": current_lr(optimizer)}, model)
-                    logged_steps[0] += 1
+                    log_step(loss, grad_norm, current_lr(optimizer))
 
         def convlearn_per_call(steps: int, log: bool) -> None:
             for first in range(0, steps, FIT_EXECUTION):
                 count = min(FIT_EXECUTION, steps - first)
+                # One sync per call: the call's losses, gradient norms and rates come back together.
                 losses, grad_norms, _, lrs = (v.numpy() for v in chunk_fn([(train.inputs, train.targets)] * count))
-                for loss, grad_norm, lr in zip(losses, grad_norms, lrs) if log else ():  # one sync per call
-                    scalars = {"loss": float(loss), "grad_norm": float(grad_norm), "learning_rate": float(lr)}
-                    logger.on_step(logged_steps[0], scalars, model)
-                    logged_steps[0] += 1
+                if log:
+                    for loss, grad_norm, lr in zip(losses, grad_norms, lrs):
+                        log_step(float(loss), float(grad_norm), float(lr))
 
         def fit(per_execution: int) -> Callable[[int], None]:
             fit_net = notebook_model()
