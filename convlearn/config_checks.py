@@ -100,7 +100,7 @@ def above(low: float) -> Callable[[Any], str | None]:
 
 
 # Limits a type hint cannot express, keyed by the callable's import path. Limits that the
-# callable already checks itself (data.shapes sizes, Repeat.n) are not repeated here.
+# callable already checks itself (data=shapes' sizes, Repeat.n) are not repeated here.
 RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "convlearn.training.Trainer": {
         "steps": at_least(1),
@@ -111,8 +111,8 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "convlearn.optim.make_optimizer": {
         "lr": above(0), "decay_steps": at_least(1), "warmup_steps": at_least(0), "cls": trusted_class,
     },
-    "convlearn.data.shapes": {"noise": at_least(0)},
-    "convlearn.data.noise": {"std": above(0)},
+    "convlearn.data.generated_shapes": {"noise": at_least(0)},
+    "convlearn.data.generated_noise": {"std": above(0)},
     "convlearn.models.linear": {"kernel_size": at_least(1)},
     "convlearn.models.notebook": {
         "edge_filters": at_least(1), "width": at_least(1), "blur_layers": at_least(0), "blur_filters": at_least(1),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import imagecodecs
 import numpy as np
+import tensorflow as tf
 import pytest
 import tifffile
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from convlearn import kernels, models
 from convlearn.data import Batch, Stream, file, folder, load_image, make_feed, noise, pairs, shapes
+from convlearn.config import build
 from convlearn.errors import ConvlearnError
 from convlearn.pipeline import run_experiment
 from convlearn.targets import Convolve, Pipeline
@@ -49,6 +51,20 @@ def test_noise_is_white_zero_mean_and_seeded():
     # White: neighbouring pixels are uncorrelated, so every spatial frequency is excited alike.
     assert abs(np.corrcoef(image[:, :-1].ravel(), image[:, 1:].ravel())[0, 1]) < 0.02
     assert np.array_equal(image, noise(200, 240, std=0.5, seed=2)) and not np.array_equal(image, noise(200, 240, std=0.5))
+
+
+@pytest.mark.parametrize("group, drawn", [
+    ("shapes", lambda: shapes(60, 80, seed=2)), ("noise", lambda: noise(60, 80, std=1.0, seed=2)),
+])
+def test_generated_data_train_whole_or_as_patches(make_cfg, group, drawn):
+    size = ["data.height=60", "data.width=80", "data.seed=2"]
+    whole = build(make_cfg(f"data={group}", *size), "data")
+    assert np.array_equal(whole.train[0][..., 0], drawn()) and whole.patch_size is None
+    patched = build(make_cfg(f"data={group}", *size, "data.patch_size=24", "data.batch_size=3"), "data")
+    inputs, _ = next(iter(make_feed(patched, Pipeline([Convolve(kernels.laplacian())]), tiny_model()).train))
+    assert inputs.shape == (3, 24, 24, 1)
+    with pytest.raises(ConvlearnError, match="data.patch_size: must be a positive integer or null"):
+        build(make_cfg(f"data={group}", "data.patch_size=0"), "data")
 
 
 def test_load_npy_and_png_roundtrip(tmp_path):
@@ -274,7 +290,7 @@ def test_links_out_of_the_data_folder_are_refused(tmp_path):
     )
 
 
-def test_patch_stream_computes_the_target_on_each_patch_and_is_seeded(tmp_path):
+def test_patch_stream_cuts_the_whole_images_target_and_is_seeded(tmp_path):
     write_images(tmp_path, 2, height=60, width=70)
     images = folder(str(tmp_path), patch_size=32, batch_size=3, val_fraction=0.5)
     target = Pipeline([Convolve(kernels.sobel("x"))])
@@ -283,6 +299,7 @@ def test_patch_stream_computes_the_target_on_each_patch_and_is_seeded(tmp_path):
     first = list(itertools.islice(feed.train, 3))
     for inputs, targets in first:
         assert inputs.shape == (3, 32, 32, 1) and targets.shape == (3, 30, 30, 1)
+        # a VALID target of the patch is the whole image's target there
         assert np.allclose(targets.numpy(), target(inputs).numpy(), atol=1e-6)
         # every patch is a window of the (only) training image
         source = images.train[0][..., 0]
@@ -293,6 +310,23 @@ def test_patch_stream_computes_the_target_on_each_patch_and_is_seeded(tmp_path):
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(first, again))
     other = next(iter(make_feed(images, target, tiny_model(), seed=5).train))
     assert not np.array_equal(first[0][0], other[0])
+
+
+def test_patch_targets_near_a_patch_edge_are_the_whole_images_not_a_padded_patchs(tmp_path):
+    write_images(tmp_path, 1, height=50, width=64)
+    images = folder(str(tmp_path), patch_size=24, batch_size=4, val_fraction=0)
+    target = Pipeline([Convolve(kernels.gaussian(1.0, 5), padding="same", border="reflect")])
+    source = images.train[0]
+    whole = target(tf.constant(source[None]))[0].numpy()
+    feed = make_feed(images, target, tiny_model(), seed=1)
+    inputs, targets = next(iter(feed.train))
+    rows, cols = feed.train.crops.target
+    for patch, cut in zip(inputs.numpy(), targets.numpy()):
+        (top, left), = [(r, c) for r in range(50 - 23) for c in range(64 - 23)
+                        if np.array_equal(source[r:r + 24, c:c + 24], patch)]
+        assert np.allclose(cut, whole[top:top + 24, left:left + 24][rows, cols], atol=1e-6)
+    # the patch's own padded target differs there: the border is reflected inside the image
+    assert not np.allclose(targets.numpy(), target(inputs).numpy()[:, rows, cols], atol=1e-3)
 
 
 def test_small_images_train_full_frame_and_sizes_must_agree(tmp_path):

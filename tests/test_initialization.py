@@ -18,7 +18,7 @@ def seed_model_and_batch(cfg):
     seed_everything(0)
     target = build(cfg, "target")
     model = build(cfg, "model", target=footprint_of(target))
-    return model, make_batch(build(cfg, "data"), target, model)
+    return model, make_batch(build(cfg, "data").train[0][..., 0], target, model)
 
 
 def conv_output_stds(model, inputs):

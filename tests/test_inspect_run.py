@@ -56,7 +56,7 @@ def test_prints_metrics_and_draws_the_training_images_activations(run, inspect_r
 @pytest.mark.slow
 def test_another_image_gives_another_figure(run, inspect_run, tmp_path):
     run_dir, _, cfg = run
-    image = build(cfg, "data")
+    image = build(cfg, "data").train[0][..., 0]
     figures = {}
     for name, pixels in {"original": image, "flipped": image[::-1].copy()}.items():
         np.save(tmp_path / f"{name}.npy", pixels)

@@ -160,7 +160,7 @@ def test_hparams_from_config_reads_typed_overrides():
 
 def small_batch(model):
     cfg = compose_cfg()
-    return make_batch(build(cfg, "data"), build(cfg, "target"), model)
+    return make_batch(build(cfg, "data").train[0][..., 0], build(cfg, "target"), model)
 
 
 def test_every_part_can_be_switched_off(tmp_path):

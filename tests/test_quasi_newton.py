@@ -56,7 +56,7 @@ def test_a_nonlinear_model_s_loss_never_rises_and_a_non_finite_start_changes_not
     seed_everything(0)
     target = build(cfg, "target")
     model = build(cfg, "model", target=footprint_of(target))
-    batch = make_batch(build(cfg, "data"), target, model)
+    batch = make_batch(build(cfg, "data").train[0][..., 0], target, model)
     history = LBFGS(steps=15, progress=False).fit(model, None, batch)
     assert history.status == "completed" and history.steps == 15
     assert all(b <= a for a, b in zip(history.losses, history.losses[1:]))
@@ -77,7 +77,7 @@ def test_a_resumed_run_continues_exactly(tmp_path):
         seed_everything(0)
         target = build(cfg, "target")
         model = build(cfg, "model", target=footprint_of(target))
-        batch = make_batch(build(cfg, "data"), target, model)
+        batch = make_batch(build(cfg, "data").train[0][..., 0], target, model)
         trainer = LBFGS(steps=steps, progress=False, checkpoint_every=3, resume=resume)
         return trainer.fit(model, None, batch, checkpoint_dir=tmp_path / f"{steps}").losses
 

@@ -104,7 +104,7 @@ def fit(cfg, steps_per_call: int, **trainer_args):
     seed_everything(0)
     target = build(cfg, "target")
     model = build(cfg, "model", target=footprint_of(target))
-    batch = make_batch(build(cfg, "data"), target, model)
+    batch = make_batch(build(cfg, "data").train[0][..., 0], target, model)
     recorder = Recorder(image_every=5)
     trainer = Trainer(steps=12, progress=False, steps_per_call=steps_per_call, **trainer_args)
     history = trainer.fit(model, build(cfg, "optimizer"), batch, recorder, validation=[batch])
