@@ -47,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from convlearn import perf  # noqa: E402
 from convlearn.config import build  # noqa: E402
-from convlearn.data import make_batch, shapes  # noqa: E402
+from convlearn.data import Stream, make_batch, shapes  # noqa: E402
 from convlearn.logs import hparams_from_config  # noqa: E402
 from convlearn.optim import current_lr  # noqa: E402
 from convlearn.pipeline import build_experiment, train_experiment  # noqa: E402
@@ -76,11 +76,16 @@ ROW_FIELDS = ("name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook
 class StepClock:
     """Seconds from ``start()`` to the end of every step. Passed to the trainer as its logger, it
     times each step and hands the call on to the real logger, if any (whose work is then counted
-    in the next step, as a user would see it)."""
+    in the next step, as a user would see it).
 
-    def __init__(self, logger: object | None = None) -> None:
-        self.logger = logger
+    With ``evaluate`` (a run on patches, whose losses are of its patches) it also measures the
+    whole image's loss after every step, with the clock stopped: the measurement is the
+    benchmark's, not the run's."""
+
+    def __init__(self, logger: object | None = None, evaluate: Callable[[], float] | None = None) -> None:
+        self.logger, self.evaluate = logger, evaluate
         self.times: list[float] = []
+        self.evaluated: list[float] = []
         self._start = time.perf_counter()
 
     def start(self) -> None:
@@ -98,6 +103,10 @@ class StepClock:
 
     def on_step(self, step: int, scalars: dict[str, float], model: keras.Model) -> None:
         self.tick()
+        if self.evaluate is not None:
+            paused = time.perf_counter()
+            self.evaluated.append(self.evaluate())
+            self._start += time.perf_counter() - paused
         if self.logger is not None:
             self.logger.on_step(step, scalars, model)
 
@@ -193,12 +202,15 @@ def run_row(spec: dict) -> dict:
     """Train one row's loop and return its per-step losses and times (the parent summarises).
 
     ``quality[k]``: the training MSE after ``k + 1`` updates (the next step's loss, and after the
-    last step a final evaluation), so it can be compared with the notebook's final MSE. Kind
+    last step a final evaluation), so it can be compared with the notebook's final MSE; for a
+    preset on patches, the whole image's (the preview's) MSE after each step. Kind
     ``in_turn`` returns :func:`_in_turns`'s numbers instead."""
     perf.set_threads(spec.get("threads"))
     experiment = build_experiment(compose_config(spec["overrides"]))
     trainer, images, target = experiment.trainer, experiment.images, experiment.target
-    clock = StepClock()
+    patches = spec["kind"] == "trainer" and isinstance(experiment.feed.train, Stream)
+    whole = tf.function(lambda: experiment.feed.preview.loss(experiment.model))
+    clock = StepClock(evaluate=(lambda: float(whole())) if patches else None)
     if spec["kind"] == "in_turn":
         return _in_turns(experiment, spec["rounds"], spec["chunk"])
     if spec["kind"] in ("notebook", "keras_fit"):
@@ -227,7 +239,7 @@ def run_row(spec: dict) -> dict:
     final = mse(model, preview)
     inputs = train.inputs if hasattr(train, "inputs") else next(iter(train))[0]
     return {
-        "quality": [*losses[1:], final],
+        "quality": clock.evaluated if patches else [*losses[1:], final],
         "times": list(clock.times),
         "target_variance": float(np.var(preview.targets.numpy(), dtype=np.float64)),
         "flops_per_step": perf.training_flops(model, tuple(inputs.shape)),
