@@ -189,7 +189,7 @@ def test_thread_sweep_and_scaling_parts(benchmark, tmp_path, monkeypatch, capsys
     assert "threads [intra, inter]: best [1, 1]" in capsys.readouterr().out
 
 
-def test_fast_preset_is_the_notebook_experiment_with_lsuv_and_a_tuned_adam(make_cfg):
+def test_fast_preset_is_the_notebook_experiment_on_crops_with_lsuv_and_a_tuned_adam(make_cfg):
     cfg = make_cfg("experiment=fast")
     validate(cfg)
     optimizer = build(cfg, "optimizer")
@@ -200,7 +200,8 @@ def test_fast_preset_is_the_notebook_experiment_with_lsuv_and_a_tuned_adam(make_
     assert cfg.model._target_ == "convlearn.models.notebook" and cfg.target.repeats == 5
     assert cfg.model.edge_init == "zero_mean"
     trainer = build(cfg, "trainer")
-    assert trainer.jit_compile == "auto" and trainer.init == "lsuv"
+    assert trainer.jit_compile is False and trainer.init == "lsuv"
+    assert (cfg.data.patch_size, cfg.data.batch_size) == (128, 2)  # cheap steps on random crops
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         assert compose(config_name="train", overrides=["experiment=fast"]).trainer.steps == 250  # fewer than the notebook's 500
 
@@ -293,3 +294,20 @@ def test_auto_jit_trains_exactly_like_the_step_it_picked(make_cfg, tmp_path, cap
     assert run_experiment(pinned, tmp_path / "pinned").metrics["losses"] == auto["losses"]
     with pytest.raises(ConvlearnError, match=r"trainer\.jit_compile: .*true or false.*'auto'"):
         validate(make_cfg("trainer.jit_compile=sometimes"))
+
+
+def test_step_clock_measures_the_whole_image_after_each_step_with_the_clock_stopped(benchmark):
+    calls = []
+
+    def evaluate():  # a slow measurement of the model, as a whole-image loss is
+        time.sleep(0.2)
+        calls.append(len(calls))
+        return float(len(calls))
+
+    clock = benchmark.StepClock(evaluate=evaluate)
+    clock.start()
+    for step in range(3):
+        clock.on_step(step, {}, None)
+    assert clock.evaluated == [1.0, 2.0, 3.0]
+    # three evaluations took 0.6 s; the steps themselves almost nothing
+    assert clock.times[-1] < 0.1 and clock.times == sorted(clock.times)
