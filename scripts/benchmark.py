@@ -66,6 +66,7 @@ IN_TURN_ROUNDS, IN_TURN_CHUNK = 5, 30
 FIT_EXECUTION = 10  # steps_per_execution of the second Keras fit loop
 PER_CALL = f"convlearn bare step, steps_per_call={FIT_EXECUTION}"  # the in-turn loops of K steps per compiled call
 LOGGED_PER_CALL = f"convlearn, steps_per_call={FIT_EXECUTION}"
+XLA, FIT_XLA = "convlearn XLA", "keras fit XLA"  # the in-turn loops with jit_compile=True
 SEEDS = 5  # seeds 0..4 of every preset, for its time to the notebook's quality
 PARTS = ("rows", "turns", "seeds")
 PRESETS = {"experiment=fast": ["experiment=fast"]}
@@ -185,11 +186,13 @@ class _FitClock(keras.callbacks.Callback):
 
 
 def compile_for_fit(
-    model: keras.Model, inputs: tf.Tensor, targets: tf.Tensor, steps_per_execution: int
+    model: keras.Model, inputs: tf.Tensor, targets: tf.Tensor, steps_per_execution: int,
+    jit_compile: bool | str = "auto",
 ) -> tf.data.Dataset:
     """Compile the notebook's ``model`` for ``fit`` (Adam with Keras' defaults, MSE) and return the
     repeated one-image dataset a Keras user would train it on for many steps."""
-    model.compile(optimizer=keras.optimizers.Adam(), loss="mse", steps_per_execution=steps_per_execution)
+    model.compile(optimizer=keras.optimizers.Adam(), loss="mse", steps_per_execution=steps_per_execution,
+                  jit_compile=jit_compile)
     return tf.data.Dataset.from_tensors((inputs, targets)).repeat()
 
 
@@ -274,7 +277,8 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
     ``chunk`` steps per round, with one step per execution and with ``FIT_EXECUTION``; the
     trainer's compiled step bare, bare with ``FIT_EXECUTION`` steps per compiled call
     (``trainer.steps_per_call``: one host sync per call), followed by the logger's ``on_step`` as
-    the trainer calls it (pictures at the logger's own ``image_every``), and with both. The
+    the trainer calls it (pictures at the logger's own ``image_every``), and with both; and ``fit``
+    and the logged step compiled with XLA (``jit_compile=True``). The
     notebook's cell and the fits have their own models, traced before the clock runs. Returns
     each loop's steps/s per round."""
     cfg, train = experiment.cfg, experiment.feed.train
@@ -282,6 +286,7 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
     batch = make_batch(experiment.images.train[0][..., 0], experiment.target, notebook_model())
     image, target_image = experiment.images.train[0][..., 0], batch.targets.numpy()[0, ..., 0]
     step_fn = compiled_step(model, optimizer, train.crops)
+    xla_step = compiled_step(model, optimizer, train.crops, jit_compile=True)
     chunk_fn = compiled_chunk(step_fn, optimizer, FIT_EXECUTION, same_batch=True, stop_on_nonfinite=True)
     make_logger = build(cfg, "logger")
     with tempfile.TemporaryDirectory() as log_dir, make_logger(
@@ -296,9 +301,9 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
             logger.on_step(logged_steps[0], scalars, model)
             logged_steps[0] += 1
 
-        def convlearn(steps: int, log: bool) -> None:
+        def convlearn(steps: int, log: bool, step: Callable = step_fn) -> None:
             for _ in range(steps):
-                loss, grad_norm, _ = step_fn(train.inputs, train.targets)
+                loss, grad_norm, _ = step(train.inputs, train.targets)
                 loss, grad_norm = float(loss), float(grad_norm)  # waits for the step, as the trainer does
                 if log:
                     log_step(loss, grad_norm, current_lr(optimizer))
@@ -312,9 +317,9 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
                     for loss, grad_norm, lr in zip(losses, grad_norms, lrs):
                         log_step(float(loss), float(grad_norm), float(lr))
 
-        def fit(per_execution: int) -> Callable[[int], None]:
+        def fit(per_execution: int, jit_compile: bool | str = "auto") -> Callable[[int], None]:
             fit_net = notebook_model()
-            dataset = compile_for_fit(fit_net, batch.inputs, batch.targets, per_execution)
+            dataset = compile_for_fit(fit_net, batch.inputs, batch.targets, per_execution, jit_compile)
             return lambda steps: fit_net.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
 
         def notebook(steps: int) -> None:
@@ -331,6 +336,10 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
             PER_CALL: lambda steps: convlearn_per_call(steps, log=False),
             "convlearn": lambda steps: convlearn(steps, log=True),
             LOGGED_PER_CALL: lambda steps: convlearn_per_call(steps, log=True),
+            # XLA, asked for explicitly: Keras resolves fit's jit_compile="auto" to no XLA without an
+            # accelerator, and convlearn's default is the graph step too (jit_compile=auto times both).
+            FIT_XLA: fit(1, jit_compile=True),
+            XLA: lambda steps: convlearn(steps, log=True, step=xla_step),
         }
         logger.pictures(0, model)
         for run in loops.values():
@@ -357,6 +366,8 @@ def in_turn_ratios(measured: dict) -> dict:
     ratios = {f"{name} vs {NOTEBOOK}": spread(values / rates[NOTEBOOK]) for name, values in rates.items()
               if name != NOTEBOOK}
     ratios["convlearn vs the fastest keras fit"] = spread(rates["convlearn"] / fastest_fit)
+    ratios[f"{XLA} vs the fastest keras fit"] = spread(rates[XLA] / fastest_fit)
+    ratios[f"{XLA} vs {FIT_XLA}"] = spread(rates[XLA] / rates[FIT_XLA])
     ratios[f"{PER_CALL} vs one step per call"] = spread(rates[PER_CALL] / rates["convlearn bare step"])
     ratios[f"{LOGGED_PER_CALL} vs one step per call"] = spread(rates[LOGGED_PER_CALL] / rates["convlearn"])
     bare, logged = rates["convlearn bare step"], rates["convlearn"]

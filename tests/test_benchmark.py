@@ -158,13 +158,14 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     in_turn = report["in_turn"]
     assert set(in_turn["steps_per_sec"]) == {"notebook loop", "keras fit", "keras fit steps_per_execution=10",
                                              "convlearn bare step", "convlearn bare step, steps_per_call=10", "convlearn",
-                                             "convlearn, steps_per_call=10"}
+                                             "convlearn, steps_per_call=10", "keras fit XLA", "convlearn XLA"}
     for ratio in in_turn["ratios"].values():
         assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
     for name, rates in in_turn["steps_per_sec_per_round"].items():  # the raw rates behind every spread
         assert len(rates) == 2 and min(rates) == in_turn["steps_per_sec"][name]["min"]
     assert {"convlearn vs the fastest keras fit", "convlearn bare step, steps_per_call=10 vs one step per call",
-            "convlearn, steps_per_call=10 vs one step per call"} <= set(in_turn["ratios"])
+            "convlearn, steps_per_call=10 vs one step per call", "convlearn XLA vs the fastest keras fit",
+            "convlearn XLA vs keras fit XLA"} <= set(in_turn["ratios"])
     fast = report["presets"]["experiment=fast"]
     assert fast["seeds"] == [0, 1] and len(fast["seconds_to_notebook_quality"]) == 2
     assert fast["seconds_to_notebook_quality"][0] == next(
