@@ -633,7 +633,7 @@ def _patch_stream(images: Images, target: Pipeline | None, model: keras.Model, s
     glibc's ``M_TRIM_THRESHOLD`` for the whole process, and every step's larger tensors then
     went back to the system and were faulted in again (the notebook's model on two 128x128
     patches: 108 ms a step instead of 55)."""
-    patch, channels, count = images.patch_size, images.train[0].shape[-1], images.batch_size
+    patch, count = images.patch_size, images.batch_size
     crops = align(footprint(model), footprint_of(target), (patch, patch))
     # Where the compared region starts and ends in a patch's own target: the same offsets from the
     # patch's corner in the whole image's target (a target's pixel i lies at input i + shift).

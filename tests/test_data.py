@@ -7,8 +7,8 @@ from pathlib import Path
 
 import imagecodecs
 import numpy as np
-import tensorflow as tf
 import pytest
+import tensorflow as tf
 import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,8 +18,8 @@ from scipy.ndimage import correlate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from convlearn import kernels, models
-from convlearn.data import Batch, Stream, file, folder, load_image, make_feed, noise, pairs, shapes
 from convlearn.config import build
+from convlearn.data import Batch, Stream, file, folder, load_image, make_feed, noise, pairs, shapes
 from convlearn.errors import ConvlearnError
 from convlearn.pipeline import run_experiment
 from convlearn.targets import Convolve, Pipeline

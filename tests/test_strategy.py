@@ -37,7 +37,7 @@ def fit(strategy, **optimizer_settings):
         model = build(cfg, "model", target=target.footprint)
         optimizer = build(cfg, "optimizer", **optimizer_settings)
     # Two different images, so that each replica gets its own share of the batch.
-    images = np.stack([build(cfg, "data", seed=seed) for seed in (1, 2)])[..., None]
+    images = np.stack([build(cfg, "data", seed=seed).train[0] for seed in (1, 2)])
     batch = make_batch(images, target, model)
     start = [w.copy() for w in model.get_weights()]
     history = trainer.fit(model, optimizer, batch)
