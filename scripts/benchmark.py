@@ -566,8 +566,10 @@ def in_turns(data: list[str], quick: bool, isolated: bool, rounds: int | None = 
     """The loops' speeds measured in turns in one process (see :func:`_in_turns`), and their ratios."""
     default_rounds, chunk = (2, QUICK_STEPS // 2) if quick else (IN_TURN_ROUNDS, IN_TURN_CHUNK)
     rounds = rounds or default_rounds
+    # Without TensorFlow's op determinism (the trainer's default): while it is on, Keras quietly runs
+    # fit asked for jit_compile=True without XLA. The turns measure speed, not reproducibility.
     spec = {"name": "in turns", "kind": "in_turn", "rounds": rounds, "chunk": chunk,
-            "overrides": [*data, "trainer.progress=false"]}
+            "overrides": [*data, "trainer.progress=false", "trainer.deterministic=false"]}
     measured = in_turn_ratios(run_isolated(spec, isolated))
     for name, ratio in measured["ratios"].items():
         print(f"in turns: {name} {ratio['median']:.2f}x (rounds {ratio['min']:.2f}-{ratio['max']:.2f}x)", flush=True)
