@@ -163,7 +163,7 @@ def generated_noise(
 
 
 def _generated(image: np.ndarray, patch_size: int | None, batch_size: int) -> Images:
-    _check_options("gray", "none", "shared", patch_size, batch_size)
+    _check_patches(patch_size, batch_size)
     return Images(train=[image[..., None]], patch_size=patch_size, batch_size=batch_size)
 
 
@@ -476,6 +476,10 @@ def _check_options(channels: str, normalize: str, kernels: str, patch_size: int 
     _check_choice("data.channels", channels, CHANNELS)
     _check_choice("data.normalize", normalize, NORMALIZE)
     _check_choice("data.kernels", kernels, KERNELS)
+    _check_patches(patch_size, batch_size)
+
+
+def _check_patches(patch_size: int | None, batch_size: int) -> None:
     if patch_size is not None and patch_size < 1:
         raise ConvlearnError(f"data.patch_size: must be a positive integer or null (full frame), got {patch_size}")
     if batch_size < 1:

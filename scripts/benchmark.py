@@ -212,8 +212,7 @@ def run_row(spec: dict) -> dict:
     experiment = build_experiment(compose_config(spec["overrides"]))
     trainer, images, target = experiment.trainer, experiment.images, experiment.target
     patches = spec["kind"] == "trainer" and isinstance(experiment.feed.train, Stream)
-    whole = tf.function(lambda: experiment.feed.preview.loss(experiment.model))
-    clock = StepClock(evaluate=(lambda: float(whole())) if patches else None)
+    clock = StepClock(evaluate=_whole_image_loss(experiment) if patches else None)
     if spec["kind"] == "in_turn":
         return _in_turns(experiment, spec["rounds"], spec["chunk"])
     if spec["kind"] in ("notebook", "keras_fit"):
@@ -253,6 +252,12 @@ def run_row(spec: dict) -> dict:
             tf.config.threading.get_inter_op_parallelism_threads(),
         ],
     }
+
+
+def _whole_image_loss(experiment: object) -> Callable[[], float]:
+    """The model's MSE on the preview (the whole image, up to 512x512), compiled once."""
+    loss = tf.function(lambda: experiment.feed.preview.loss(experiment.model))
+    return lambda: float(loss())
 
 
 def _bare_loop(
