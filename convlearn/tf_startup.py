@@ -1,4 +1,5 @@
-"""TensorFlow's start-up lines: which ones a run hides, and why that takes more than a log level.
+"""What must be settled before TensorFlow loads: which of its start-up lines a run hides (and why
+that takes more than a log level), and which allocator gives its CPU tensors their memory.
 
 ``TF_CPP_MIN_LOG_LEVEL=2`` (set here unless the user chose a level) hides TensorFlow's C++ INFO and
 WARNING lines, but only from the moment TensorFlow's logging initializer has read it. The full
@@ -16,6 +17,15 @@ keeps TensorFlow from asking for a CUDA device at all there.
 Both apply only where no GPU can be used: Linux without ``/proc/driver/nvidia`` (the NVIDIA
 driver), without ``/dev/kfd`` (ROCm) and without a TensorFlow device plugin. On a machine with a
 driver the same lines mean a broken CUDA setup (its GPU would go unused), so they stay visible.
+
+TensorFlow's CPU allocator is by default a plain ``malloc`` per tensor. A full-frame step of the
+notebook's model allocates and frees several 48 MB activations (the 100-filter 1x1 block on a
+300x400 image); glibc serves blocks that large with a fresh ``mmap`` every time and the kernel
+zero-fills each of their pages again at first touch. TensorFlow's own BFC allocator keeps freed
+memory in a pool and hands it out again: on a 2-core AMD EPYC the notebook's full-frame step ran
+1.2-1.4x as fast with it (graph and XLA alike, the same losses bit for bit, no higher peak
+memory). TensorFlow reads ``TF_CPU_ALLOCATOR_USE_BFC`` once, when it makes the allocator, so
+:func:`pool_cpu_memory` sets it (unless the user chose) before TensorFlow loads.
 """
 
 from __future__ import annotations
@@ -148,6 +158,12 @@ def quiet_start() -> None:
     lines = early_lines(os.environ["TF_CPP_MIN_LOG_LEVEL"])
     if lines is not None and "tensorflow" not in sys.modules:
         sys.meta_path.insert(0, FilteredTensorFlowImport(lines))
+
+
+def pool_cpu_memory() -> None:
+    """Have TensorFlow give CPU tensors memory from its BFC pool (see the module's docstring),
+    unless ``TF_CPU_ALLOCATOR_USE_BFC`` is already set. Call before TensorFlow loads."""
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 
 def keep_streams_open() -> None:

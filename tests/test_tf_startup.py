@@ -1,4 +1,5 @@
-"""TensorFlow's start-up lines on a machine without a GPU: which are hidden, and that nothing else is."""
+"""TensorFlow's start-up lines on a machine without a GPU: which are hidden, and that nothing else is;
+and the CPU allocator convlearn picks before TensorFlow loads."""
 
 from __future__ import annotations
 
@@ -71,6 +72,24 @@ def test_importing_tensorflow_through_convlearn_prints_nothing():
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert (result.returncode, result.stdout, result.stderr) == (0, "3.0\n", "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("chosen", "pooled"), [(None, True), ("false", False)])
+def test_tensorflow_gives_cpu_tensors_pooled_memory_unless_the_user_chose_otherwise(chosen, pooled):
+    # Only TensorFlow's BFC allocator keeps statistics: the CPU device reports them exactly when it is in use.
+    code = (
+        "import convlearn, tensorflow as tf\n"
+        "kept = tf.ones([256, 1024])\n"
+        "try:\n    print(tf.config.experimental.get_memory_info('CPU:0')['current'] >= kept.shape.num_elements() * 4)\n"
+        "except ValueError:\n    print('no pool')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    if chosen is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = chosen
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env,
+                          timeout=120)
+    assert done.stdout.split() == (["True"] if pooled else ["no", "pool"])
 
 
 def test_reconfiguring_logging_never_closes_a_stream_in_use(tmp_path):
