@@ -185,6 +185,19 @@ class _FitClock(keras.callbacks.Callback):
         self._total, self._done = total, batch + 1
 
 
+class _LastStep(keras.callbacks.Callback):
+    """When ``fit``'s last step ended. A ``fit`` call on a ``tf.data`` dataset can return seconds
+    after that: ending the epoch's iterator waits for tf.data's autotuning thread, whose wake-up
+    period doubles from 10 ms (calls returned 5.12 and 10.24 s after they began, whatever their
+    steps took; with autotuning off, at once). A user pays that once per ``fit`` call, for a whole
+    training; the turns call ``fit`` once per round, so they time a round to its last step."""
+
+    at = 0.0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.at = time.perf_counter()
+
+
 def compile_for_fit(
     model: keras.Model, inputs: tf.Tensor, targets: tf.Tensor, steps_per_execution: int,
     jit_compile: bool | str = "auto",
@@ -279,7 +292,8 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
     """Every loop's speed in one process, in turns: per round ``chunk`` steps of each loop, so
     that the machine's drift (rows in separate processes differ by up to ~30%) falls on all of
     them alike. The loops: the notebook's cell; Keras ``fit`` on a repeated dataset, one call of
-    ``chunk`` steps per round, with one step per execution and with ``FIT_EXECUTION``; the
+    ``chunk`` steps per round (timed to its last step), with one step per execution and with
+    ``FIT_EXECUTION``; the
     trainer's compiled step bare, bare with ``FIT_EXECUTION`` steps per compiled call
     (``trainer.steps_per_call``: one host sync per call), followed by the logger's ``on_step`` as
     the trainer calls it (pictures at the logger's own ``image_every``), and with both; and ``fit``
@@ -322,10 +336,16 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
                     for loss, grad_norm, lr in zip(losses, grad_norms, lrs):
                         log_step(float(loss), float(grad_norm), float(lr))
 
-        def fit(per_execution: int, jit_compile: bool | str = "auto") -> Callable[[int], None]:
+        def fit(per_execution: int, jit_compile: bool | str = "auto") -> Callable[[int], float]:
             fit_net = notebook_model()
             dataset = compile_for_fit(fit_net, batch.inputs, batch.targets, per_execution, jit_compile)
-            return lambda steps: fit_net.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+            last_step = _LastStep()
+
+            def run(steps: int) -> float:
+                fit_net.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[last_step])
+                return last_step.at
+
+            return run
 
         def notebook(steps: int) -> None:
             for _ in range(steps):
@@ -353,8 +373,8 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
         for _ in range(rounds):
             for name, run in loops.items():
                 start = time.perf_counter()
-                run(chunk)
-                rates[name].append(chunk / (time.perf_counter() - start))
+                finished = run(chunk)  # a fit's round ends at its last step (see _LastStep)
+                rates[name].append(chunk / ((finished or time.perf_counter()) - start))
     return {"rounds": rounds, "steps_per_round": chunk, "steps_per_sec": rates}
 
 

@@ -312,3 +312,14 @@ def test_step_clock_measures_the_whole_image_after_each_step_with_the_clock_stop
     assert clock.evaluated == [1.0, 2.0, 3.0]
     # three evaluations took 0.6 s; the steps themselves almost nothing
     assert clock.times[-1] < 0.1 and clock.times == sorted(clock.times)
+
+
+def test_a_fit_round_is_timed_to_the_end_of_its_last_step(benchmark):
+    ends = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
+    model = sequential(layers=[{"filters": 1, "kernel_size": 3}])
+    dataset = benchmark.compile_for_fit(model, tf.ones([1, 8, 8, 1]), tf.zeros([1, 6, 6, 1]), 1)
+    last_step = benchmark._LastStep()
+    model.fit(dataset, epochs=1, steps_per_epoch=3, verbose=0, callbacks=[last_step, record])
+    returned = time.perf_counter()
+    assert len(ends) == 3 and ends[1] < last_step.at <= ends[2] <= returned
