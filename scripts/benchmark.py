@@ -522,6 +522,8 @@ def machine() -> dict:
         "bf16": perf.precision_refusal("bf16", device) is None,  # a GPU from Ampere on, or a CPU with bf16
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        # Every loop here, the notebook's and fit's too, runs with the CPU allocator convlearn sets up.
+        "tf_cpu_allocator_use_bfc": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"),
     }
 
 

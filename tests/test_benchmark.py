@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -152,6 +153,7 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     notebook = report["rows"][0]
     assert notebook["ratio_vs_notebook"] == 1.0 and 0 < notebook["seconds_to_notebook_quality"] <= notebook["total_seconds"]
     assert report["machine"]["matmul_gflops_float32"] > 0
+    assert report["machine"]["tf_cpu_allocator_use_bfc"] == os.environ["TF_CPU_ALLOCATOR_USE_BFC"]  # set on import
     logging = report["logging"]
     assert logging["rounds"] == 2 and logging["logged_steps_per_sec"] > 0 and logging["bare_steps_per_sec"] > 0
     assert logging["overhead"] == pytest.approx(1 - logging["logged_steps_per_sec"] / logging["bare_steps_per_sec"])
