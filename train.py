@@ -74,11 +74,11 @@ def main(cfg: DictConfig) -> float:
         overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
         resume = " ".join([*overrides, "trainer.resume=true", f"hydra.run.dir={run_dir}"])
         where = f"at step {summary['stopped_step']}" if "stopped_step" in summary else "(second Ctrl-C)"
-        print(
-            f"convlearn: interrupted {where}; checkpoint saved to {summary.get('checkpoint')}; "
-            f"continue with: python train.py {resume}",
-            file=sys.stderr,
-        )
+        if summary.get("checkpoint"):
+            then = f"checkpoint saved to {summary['checkpoint']}; continue with: python train.py {resume}"
+        else:  # stopped before its first checkpoint: nothing to resume from
+            then = "no checkpoint yet, so run it again to start over"
+        print(f"convlearn: interrupted {where}; {then}", file=sys.stderr)
         sys.exit(130)  # the shell's code for "ended by Ctrl-C"
     return objective(summary, cfg.objective)
 

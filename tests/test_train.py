@@ -104,3 +104,20 @@ def test_a_run_prints_its_own_lines_and_no_tensorflow_noise(tmp_path):
     assert [noise for noise in NOISE if noise in printed or noise in log] == []
     if not gpu_possible():  # on this machine nothing else may print either (oneDNN's own notice, say)
         assert all(re.match(r"\[[-\d :,]+\]\[convlearn\]\[INFO\] - ", line) for line in printed.splitlines()), printed
+
+
+def test_a_second_ctrl_c_records_the_run_as_interrupted(tmp_path, monkeypatch, capsys):
+    import convlearn.pipeline
+
+    def second_ctrl_c(*args, **kwargs):  # what the trainer lets through when Ctrl-C comes twice
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convlearn.pipeline, "run_experiment", second_ctrl_c)
+    with pytest.raises(SystemExit) as caught:
+        run_main(monkeypatch, "hydra/job_logging=none", "hydra/hydra_logging=none", f"hydra.run.dir={tmp_path}")
+    assert caught.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "convlearn: interrupted (second Ctrl-C); no checkpoint yet, so run it again to start over"
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics == {"status": "interrupted", "reason": "stopped at once by a second Ctrl-C"}

@@ -4,6 +4,8 @@ and several steps per compiled call (trainer.steps_per_call: the same run as one
 from __future__ import annotations
 
 import math
+import signal
+import threading
 
 import keras
 import numpy as np
@@ -16,7 +18,7 @@ from convlearn.data import make_batch
 from convlearn.errors import ConvlearnError
 from convlearn.models import linear
 from convlearn.targets import footprint_of
-from convlearn.training import Trainer, seed_everything
+from convlearn.training import History, Trainer, _until_signal, seed_everything
 
 FP16_CPU = {"avx512_fp16"}  # lets the fp16 path run on any CPU (slowly, but the numbers are the same)
 
@@ -148,3 +150,35 @@ def test_a_call_stops_at_its_first_nonfinite_step_like_single_steps(make_cfg, on
 def test_steps_per_call_must_be_positive():
     with pytest.raises(ConvlearnError, match="trainer.steps_per_call: must be >= 1"):
         Trainer(steps_per_call=0)
+
+
+main_thread_only = pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signal handlers are the main thread's"
+)
+
+
+def _calls_until_ctrl_c(presses: int) -> tuple[list[int], History]:
+    """The calls a run makes when Ctrl-C is pressed ``presses`` times during its third call."""
+    history, made = History(), []
+    for first, _ in _until_signal(((step, 1) for step in range(10)), history):
+        made.append(first)
+        if first == 2:
+            for _ in range(presses):
+                signal.raise_signal(signal.SIGINT)
+    return made, history
+
+
+@main_thread_only
+def test_ctrl_c_stops_the_run_before_its_next_call():
+    before = signal.getsignal(signal.SIGINT)
+    made, history = _calls_until_ctrl_c(1)
+    assert made == [0, 1, 2] and (history.status, history.stopped_step) == ("interrupted", 3)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+@main_thread_only
+def test_a_second_ctrl_c_interrupts_at_once():
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):  # train.py records the run as interrupted from it
+        _calls_until_ctrl_c(2)
+    assert signal.getsignal(signal.SIGINT) is before
