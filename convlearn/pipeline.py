@@ -24,7 +24,7 @@ from convlearn.config import build
 from convlearn.config_checks import validate
 from convlearn.data import Feed, Images, as_images, make_feed
 from convlearn.logs import hparams_from_config
-from convlearn.perf import configure_tensorflow, set_remapping
+from convlearn.perf import configure_tensorflow, float32_output, set_remapping
 from convlearn.report import write_report_png
 from convlearn.results import kernel_arrays, metrics, psnr_db, save_run, target_stats
 from convlearn.run_dirs import check_writable
@@ -76,6 +76,7 @@ def build_experiment(cfg: DictConfig, run_dir: Path | None = None) -> Experiment
         model = build(cfg, "model", target=footprint_of(target), **images.model_kwargs())
         optimizer = build(cfg, "optimizer")
     set_remapping(model)
+    float32_output(model)
     feed = make_feed(images, target, model, seed=trainer.seed)
     target_stats(feed.preview.targets.numpy())  # a constant target is refused now, not after training
     log.info(
