@@ -176,10 +176,11 @@ def float32_output(model: keras.Model) -> None:
     """Under a reduced-precision policy (``trainer.precision`` bf16 or fp16), let the model's last
     layer compute in float32, as Keras' mixed-precision guide advises for a model's output. The
     output is what the loss compares with the target, and bfloat16 keeps 8 significant bits: with
-    the last layer in bfloat16, the weakest seeds of ``experiment=fast`` needed 212-218 steps to the
-    notebook's quality on both images and ended just under it; with it in float32, 166-180 (bfloat16
-    emulated on a CPU without it, so steps, not speed; float32 throughout: 89-92). The last layer is
-    the smallest part of the notebook's step (4 channels in, 1 out)."""
+    the last layer in bfloat16, the slowest seed of ``experiment=fast`` needed 212-218 steps to the
+    notebook's quality on both images and ended just under it; with it in float32, at most 180, and
+    the other seeds moved by a few dozen steps either way (bfloat16 emulated on a CPU without it, so
+    steps, not speed; float32 throughout: at most 181). The last layer is the smallest part of the
+    notebook's step (4 channels in, 1 out)."""
     if keras.config.dtype_policy().name != "float32" and model.layers:
         model.layers[-1].dtype_policy = "float32"
 
