@@ -71,10 +71,10 @@ def main(cfg: DictConfig) -> float:
         log.exception("convlearn: job crashed (a bug; recorded in its metrics.json): %s", err)
         summary = {"status": "crashed"}
     if summary["status"] == "interrupted":
-        overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
-        resume = " ".join([*overrides, "trainer.resume=true", f"hydra.run.dir={run_dir}"])
         where = f"at step {summary['stopped_step']}" if "stopped_step" in summary else "(second Ctrl-C)"
         if summary.get("checkpoint"):
+            overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
+            resume = " ".join([*overrides, "trainer.resume=true", f"hydra.run.dir={run_dir}"])
             then = f"checkpoint saved to {summary['checkpoint']}; continue with: python train.py {resume}"
         else:  # stopped before its first checkpoint: nothing to resume from
             then = "no checkpoint yet, so run it again to start over"

@@ -293,13 +293,12 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
     that the machine's drift (rows in separate processes differ by up to ~30%) falls on all of
     them alike. The loops: the notebook's cell; Keras ``fit`` on a repeated dataset, one call of
     ``chunk`` steps per round (timed to its last step), with one step per execution and with
-    ``FIT_EXECUTION``; the
-    trainer's compiled step bare, bare with ``FIT_EXECUTION`` steps per compiled call
-    (``trainer.steps_per_call``: one host sync per call), followed by the logger's ``on_step`` as
-    the trainer calls it (pictures at the logger's own ``image_every``), and with both; and ``fit``
-    and the logged step compiled with XLA (``jit_compile=True``). The
-    notebook's cell and the fits have their own models, traced before the clock runs. Returns
-    each loop's steps/s per round."""
+    ``FIT_EXECUTION``; the trainer's compiled step bare, bare with ``FIT_EXECUTION`` steps per
+    compiled call (``trainer.steps_per_call``: one host sync per call), followed by the logger's
+    ``on_step`` as the trainer calls it (pictures at the logger's own ``image_every``), and with
+    both; and ``fit`` and the logged step compiled with XLA (``jit_compile=True``). The notebook's
+    cell and the fits have their own models, traced before the clock runs. Returns each loop's
+    steps/s per round."""
     cfg, train = experiment.cfg, experiment.feed.train
     model, optimizer = experiment.model, experiment.optimizer
     batch = make_batch(experiment.images.train[0][..., 0], experiment.target, notebook_model())
