@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm  # a widget in a notebook, text in a terminal
 
-from convlearn import distribute
+from convlearn import distribute, step_cache
 from convlearn.checkpoints import Checkpoints
 from convlearn.data import Batch, compared
 from convlearn.errors import ConvlearnError
@@ -120,8 +120,10 @@ class Trainer:
     With ``strategy="mirrored"`` every step runs data-parallel on all GPUs (or, without GPUs, all
     logical CPU devices); the model and optimizer must then be built inside :meth:`scope`.
     ``jit_compile`` compiles the single-device step with XLA, which fuses the elementwise work
-    around the convolutions; whether that is faster depends on the CPU, so ``"auto"`` times both
-    steps on the first batch and trains with the faster (:func:`convlearn.perf.fastest_step`).
+    around the convolutions; whether that is faster depends on the CPU, the model and the batch,
+    so ``"auto"`` (the config's default) trains with the step that was faster for this workload on
+    this machine: timed on the first batch of its first run (:func:`convlearn.perf.fastest_step`),
+    then remembered (:mod:`convlearn.step_cache`), so that every run of one seed gives one result.
     ``init="lsuv"`` rescales the model's kernels on the first training batch before the first
     step (:func:`convlearn.initialization.unit_variance`); ``"keras"`` keeps the layers' own.
     ``steps_per_call`` runs that many steps in one compiled call (:func:`compiled_chunk`), so the
@@ -252,15 +254,31 @@ class Trainer:
         if lsuv:
             unit_variance(model, *first)
         if len(candidates) > 1:
-            state = [*model.variables, *optimizer.variables]
-            history.jit_compile, rates = fastest_step(candidates, *first, state=state)
-            log.info(
-                "trainer.jit_compile=auto: XLA %.1f, graph %.1f steps/s on the first batch; training with %s",
-                rates[True], rates[False], "XLA" if history.jit_compile else "the graph",
-            )
+            history.jit_compile = self._pick_step(candidates, model, optimizer, *first)
         else:
             (history.jit_compile,) = candidates
         return Run(model, optimizer, candidates[history.jit_compile], feed, history, logger, validation, checkpoints)
+
+    def _pick_step(
+        self, candidates: dict[bool, Callable], model: keras.Model, optimizer: keras.optimizers.Optimizer,
+        inputs: tf.Tensor, targets: tf.Tensor,
+    ) -> bool:
+        """``jit_compile="auto"``: the step remembered for this workload on this machine, else the
+        faster on this batch (then remembered): True for XLA. See :mod:`convlearn.step_cache`."""
+        described = step_cache.workload(model, optimizer, inputs, targets)
+        name = {True: "XLA", False: "the graph"}
+        pick = step_cache.recall(described)
+        if pick is not None:
+            log.info("trainer.jit_compile=auto: training with %s, the faster step for this model and batch on this "
+                     "machine when first measured (%s)", name[pick], step_cache.cache_dir() / step_cache.FILE_NAME)
+            return pick
+        state = [*model.variables, *optimizer.variables]
+        measured, rates = fastest_step(candidates, inputs, targets, state=state)
+        pick = step_cache.remember(described, measured, rates)
+        log.info("trainer.jit_compile=auto: XLA %.1f, graph %.1f steps/s on the first batch; training with %s%s",
+                 rates[True], rates[False], name[pick], "" if pick == measured else ", which a run started at the "
+                 "same time measured first")
+        return pick
 
     def after_step(
         self, run: Run, step: int, loss: float, grad_norm: float, finite: bool, learning_rate: float | None = None

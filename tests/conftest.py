@@ -85,6 +85,16 @@ def tiny_cfg(*overrides: str) -> DictConfig:
         return compose(config_name="train", overrides=[*tiny, *overrides])
 
 
+@pytest.fixture(autouse=True, scope="session")
+def step_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The suite's own record of ``trainer.jit_compile=auto``'s picks, empty at the start: the tests
+    neither read nor write the user's (convlearn/step_cache.py)."""
+    folder = tmp_path_factory.mktemp("step_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CONVLEARN_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture
 def make_cfg():
     """:func:`tiny_cfg`, for tests that take it as a fixture."""

@@ -3,6 +3,7 @@ and several steps per compiled call (trainer.steps_per_call: the same run as one
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import threading
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from convlearn import perf
+from convlearn import perf, step_cache, training
 from convlearn.config import build
 from convlearn.data import make_batch
 from convlearn.errors import ConvlearnError
@@ -182,3 +183,32 @@ def test_a_second_ctrl_c_interrupts_at_once():
     with pytest.raises(KeyboardInterrupt):  # train.py records the run as interrupted from it
         _calls_until_ctrl_c(2)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_auto_times_the_steps_once_per_workload_and_then_trains_with_the_remembered_pick(
+    make_cfg, monkeypatch, tmp_path, caplog
+):
+    monkeypatch.setenv("CONVLEARN_CACHE_DIR", str(tmp_path))
+    cfg = make_cfg("model=can", "model.depth=2", "model.width=2")
+    with caplog.at_level("INFO", logger="convlearn"):
+        first, _, _ = fit(cfg, 1, jit_compile="auto")
+    assert "steps/s on the first batch" in caplog.text  # measured
+    assert (tmp_path / step_cache.FILE_NAME).exists() and first.jit_compile in (True, False)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a remembered workload is not timed again")
+
+    monkeypatch.setattr(training, "fastest_step", no_timing)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="convlearn"):
+        again, _, again_weights = fit(cfg, 1, jit_compile="auto")
+    assert "when first measured" in caplog.text
+    assert again.jit_compile == first.jit_compile and again.losses == first.losses  # same seed, same result
+    # The record decides, whatever a timing would say now: flip it and the other step trains.
+    records = json.loads((tmp_path / step_cache.FILE_NAME).read_text())
+    (entry,) = records.values()
+    entry["jit_compile"] = not entry["jit_compile"]
+    (tmp_path / step_cache.FILE_NAME).write_text(json.dumps(records))
+    flipped, _, _ = fit(cfg, 1, jit_compile="auto")
+    assert flipped.jit_compile is (not first.jit_compile)
+    np.testing.assert_allclose(flipped.losses, first.losses, rtol=1e-3)  # the other step: rounded otherwise
