@@ -191,7 +191,7 @@ def test_auto_times_the_steps_once_per_workload_and_then_trains_with_the_remembe
     monkeypatch.setenv("CONVLEARN_CACHE_DIR", str(tmp_path))
     cfg = make_cfg("model=can", "model.depth=2", "model.width=2")
     with caplog.at_level("INFO", logger="convlearn"):
-        first, _, _ = fit(cfg, 1, jit_compile="auto")
+        first, _, first_weights = fit(cfg, 1, jit_compile="auto")
     assert "steps/s on the first batch" in caplog.text  # measured
     assert (tmp_path / step_cache.FILE_NAME).exists() and first.jit_compile in (True, False)
 
@@ -204,6 +204,8 @@ def test_auto_times_the_steps_once_per_workload_and_then_trains_with_the_remembe
         again, _, again_weights = fit(cfg, 1, jit_compile="auto")
     assert "when first measured" in caplog.text
     assert again.jit_compile == first.jit_compile and again.losses == first.losses  # same seed, same result
+    for a, b in zip(first_weights, again_weights):
+        np.testing.assert_array_equal(a, b)
     # The record decides, whatever a timing would say now: flip it and the other step trains.
     records = json.loads((tmp_path / step_cache.FILE_NAME).read_text())
     (entry,) = records.values()
