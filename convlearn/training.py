@@ -259,6 +259,18 @@ class Trainer:
             (history.jit_compile,) = candidates
         return Run(model, optimizer, candidates[history.jit_compile], feed, history, logger, validation, checkpoints)
 
+    def uses_xla(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, batch: Batch | Iterable) -> bool:
+        """Whether this trainer trains ``model`` on ``batch`` (as :meth:`fit` takes it) with the step
+        XLA compiles: ``jit_compile`` as pinned, or ``"auto"``'s pick for this workload (remembered,
+        else timed now, on the batch or a stream's next one, and remembered, as a first run does)."""
+        optimizer = loss_scaled(optimizer, self.precision)
+        candidates = self._steps(model, optimizer, batch.crops)
+        if len(candidates) == 1:
+            (pick,) = candidates
+            return pick
+        inputs, targets = (batch.inputs, batch.targets) if isinstance(batch, Batch) else next(iter(batch))
+        return self._pick_step(candidates, model, optimizer, inputs, targets)
+
     def _pick_step(
         self, candidates: dict[bool, Callable], model: keras.Model, optimizer: keras.optimizers.Optimizer,
         inputs: tf.Tensor, targets: tf.Tensor,

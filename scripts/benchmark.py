@@ -66,7 +66,9 @@ IN_TURN_ROUNDS, IN_TURN_CHUNK = 5, 30
 FIT_EXECUTION = 10  # steps_per_execution of the second Keras fit loop
 PER_CALL = f"convlearn bare step, steps_per_call={FIT_EXECUTION}"  # the in-turn loops of K steps per compiled call
 LOGGED_PER_CALL = f"convlearn, steps_per_call={FIT_EXECUTION}"
-XLA, FIT_XLA = "convlearn XLA", "keras fit XLA"  # the in-turn loops with jit_compile=True
+FIT_PER_EXECUTION = f"keras fit steps_per_execution={FIT_EXECUTION}"
+FIT_XLA = "keras fit XLA"  # the in-turn fit with jit_compile=True
+STEP_KINDS = {True: "XLA", False: "graph"}  # a compiled step by whether XLA compiles it
 SEEDS = 5  # seeds 0..4 of every preset, for its time to the notebook's quality
 PARTS = ("rows", "turns", "seeds")
 PRESETS = {"experiment=fast": ["experiment=fast"]}
@@ -247,10 +249,12 @@ def run_row(spec: dict) -> dict:
         model, optimizer = experiment.model, experiment.optimizer
         train, preview = experiment.feed.train, experiment.feed.preview
         if spec["kind"] == "bare":
-            losses = _bare_loop(model, optimizer, train, trainer.steps, clock)
+            jit_compile = trainer.uses_xla(model, optimizer, train)
+            losses = _bare_loop(model, optimizer, train, trainer.steps, clock, jit_compile)
         else:
             with tempfile.TemporaryDirectory() as run_dir:
-                losses = train_experiment(experiment, Path(run_dir), watch=clock.watch).history.losses
+                history = train_experiment(experiment, Path(run_dir), watch=clock.watch).history
+            losses, jit_compile = history.losses, history.jit_compile
     final = mse(model, preview)
     inputs = train.inputs if hasattr(train, "inputs") else next(iter(train))[0]
     return {
@@ -260,6 +264,7 @@ def run_row(spec: dict) -> dict:
         "flops_per_step": perf.training_flops(model, tuple(inputs.shape)),
         "pixels_per_step": int(np.prod(inputs.shape[:3])),
         "peak_mem_mb": perf.peak_rss_mb(),
+        **({"jit_compile": jit_compile} if spec["kind"] in ("bare", "trainer") else {}),
         "threads": [
             tf.config.threading.get_intra_op_parallelism_threads(),
             tf.config.threading.get_inter_op_parallelism_threads(),
@@ -274,10 +279,11 @@ def _whole_image_loss(experiment: object) -> Callable[[], float]:
 
 
 def _bare_loop(
-    model: keras.Model, optimizer: keras.optimizers.Optimizer, train: object, steps: int, clock: StepClock
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, train: object, steps: int, clock: StepClock,
+    jit_compile: bool,
 ) -> list[float]:
     """Only the trainer's compiled step, back to back: the practical limit for this model here."""
-    step_fn = compiled_step(model, optimizer, train.crops)
+    step_fn = compiled_step(model, optimizer, train.crops, jit_compile)
     feed = iter(train) if not hasattr(train, "inputs") else None
     losses = []
     clock.start()
@@ -293,19 +299,22 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
     that the machine's drift (rows in separate processes differ by up to ~30%) falls on all of
     them alike. The loops: the notebook's cell; Keras ``fit`` on a repeated dataset, one call of
     ``chunk`` steps per round (timed to its last step), with one step per execution and with
-    ``FIT_EXECUTION``; the trainer's compiled step bare, bare with ``FIT_EXECUTION`` steps per
-    compiled call (``trainer.steps_per_call``: one host sync per call), followed by the logger's
-    ``on_step`` as the trainer calls it (pictures at the logger's own ``image_every``), and with
-    both; and ``fit`` and the logged step compiled with XLA (``jit_compile=True``). The notebook's
-    cell and the fits have their own models, traced before the clock runs. Returns each loop's
-    steps/s per round."""
+    ``FIT_EXECUTION``, and compiled with XLA (``jit_compile=True``); the trainer's compiled step
+    (the one it trains with: ``trainer.jit_compile``, for ``auto`` its pick on this machine) bare,
+    bare with ``FIT_EXECUTION`` steps per compiled call (``trainer.steps_per_call``: one host sync
+    per call), followed by the logger's ``on_step`` as the trainer calls it (pictures at the
+    logger's own ``image_every``), and with both; and the other compiled step (XLA or the graph)
+    with the logger. The notebook's cell and the fits have their own models, traced before the
+    clock runs. Returns each loop's steps/s per round and which step the trainer's is."""
     cfg, train = experiment.cfg, experiment.feed.train
     model, optimizer = experiment.model, experiment.optimizer
+    xla = experiment.trainer.uses_xla(model, optimizer, train)
     batch = make_batch(experiment.images.train[0][..., 0], experiment.target, notebook_model())
     image, target_image = experiment.images.train[0][..., 0], batch.targets.numpy()[0, ..., 0]
-    step_fn = compiled_step(model, optimizer, train.crops)
-    xla_step = compiled_step(model, optimizer, train.crops, jit_compile=True)
-    chunk_fn = compiled_chunk(step_fn, optimizer, FIT_EXECUTION, same_batch=True, stop_on_nonfinite=True)
+    step_fn = compiled_step(model, optimizer, train.crops, jit_compile=xla)
+    other_step = compiled_step(model, optimizer, train.crops, jit_compile=not xla)
+    chunk_fn = compiled_chunk(step_fn, optimizer, FIT_EXECUTION, same_batch=True, stop_on_nonfinite=True,
+                              jit_compile=xla)
     make_logger = build(cfg, "logger")
     with tempfile.TemporaryDirectory() as log_dir, make_logger(
         log_dir=Path(log_dir), batch=experiment.feed.preview, config_text=OmegaConf.to_yaml(cfg),
@@ -355,15 +364,15 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
         loops = {
             NOTEBOOK: notebook,
             "keras fit": fit(1),
-            f"keras fit steps_per_execution={FIT_EXECUTION}": fit(FIT_EXECUTION),
+            FIT_PER_EXECUTION: fit(FIT_EXECUTION),
             "convlearn bare step": lambda steps: convlearn(steps, log=False),
             PER_CALL: lambda steps: convlearn_per_call(steps, log=False),
             "convlearn": lambda steps: convlearn(steps, log=True),
             LOGGED_PER_CALL: lambda steps: convlearn_per_call(steps, log=True),
             # XLA, asked for explicitly: Keras resolves fit's jit_compile="auto" to no XLA without an
-            # accelerator, and convlearn's default is the graph step too (jit_compile=auto times both).
+            # accelerator.
             FIT_XLA: fit(1, jit_compile=True),
-            XLA: lambda steps: convlearn(steps, log=True, step=xla_step),
+            other_loop(xla): lambda steps: convlearn(steps, log=True, step=other_step),
         }
         logger.pictures(0, model)
         for run in loops.values():
@@ -374,7 +383,12 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
                 start = time.perf_counter()
                 finished = run(chunk)  # a fit's round ends at its last step (see _LastStep)
                 rates[name].append(chunk / ((finished or time.perf_counter()) - start))
-    return {"rounds": rounds, "steps_per_round": chunk, "steps_per_sec": rates}
+    return {"rounds": rounds, "steps_per_round": chunk, "convlearn_step": STEP_KINDS[xla], "steps_per_sec": rates}
+
+
+def other_loop(xla: bool) -> str:
+    """The in-turn loop of the logged step that the trainer does not train with (``xla``: its own is XLA's)."""
+    return f"convlearn, {STEP_KINDS[not xla]} step"
 
 
 def spread(values: Sequence[float]) -> dict:
@@ -389,9 +403,13 @@ def in_turn_ratios(measured: dict) -> dict:
     fastest_fit = np.maximum.reduce([values for name, values in rates.items() if name.startswith("keras fit")])
     ratios = {f"{name} vs {NOTEBOOK}": spread(values / rates[NOTEBOOK]) for name, values in rates.items()
               if name != NOTEBOOK}
+    xla = measured["convlearn_step"] == STEP_KINDS[True]
+    other = other_loop(xla)
     ratios["convlearn vs the fastest keras fit"] = spread(rates["convlearn"] / fastest_fit)
-    ratios[f"{XLA} vs the fastest keras fit"] = spread(rates[XLA] / fastest_fit)
-    ratios[f"{XLA} vs {FIT_XLA}"] = spread(rates[XLA] / rates[FIT_XLA])
+    ratios[f"{other} vs the fastest keras fit"] = spread(rates[other] / fastest_fit)
+    # The compiled steps alone: convlearn's bare step against the faster fit that compiles its kind of step.
+    same_kind = rates[FIT_XLA] if xla else np.maximum(rates["keras fit"], rates[FIT_PER_EXECUTION])
+    ratios["convlearn bare step vs the keras fit of its kind"] = spread(rates["convlearn bare step"] / same_kind)
     ratios[f"{PER_CALL} vs one step per call"] = spread(rates[PER_CALL] / rates["convlearn bare step"])
     ratios[f"{LOGGED_PER_CALL} vs one step per call"] = spread(rates[LOGGED_PER_CALL] / rates["convlearn"])
     bare, logged = rates["convlearn bare step"], rates["convlearn"]
@@ -451,6 +469,7 @@ def summarise(name: str, result: dict, notebook: dict | None, matmul: float) -> 
         "flops_per_step": result["flops_per_step"],
         "gflops_per_sec": gflops,
         "fraction_of_matmul": gflops / matmul,
+        **({"jit_compile": result["jit_compile"]} if "jit_compile" in result else {}),
     }
 
 
@@ -465,7 +484,7 @@ def main_rows(
     rows = [
         (NOTEBOOK, {"kind": "notebook", "overrides": run}),
         ("keras fit", {"kind": "keras_fit", "overrides": run}),
-        (f"keras fit steps_per_execution={FIT_EXECUTION}",
+        (FIT_PER_EXECUTION,
          {"kind": "keras_fit", "steps_per_execution": FIT_EXECUTION, "overrides": run}),
         ("convlearn", {"kind": "trainer", "overrides": run}),
         ("convlearn bare step", {"kind": "bare", "overrides": run}),
@@ -597,6 +616,7 @@ def in_turns(data: list[str], quick: bool, isolated: bool, rounds: int | None = 
     spec = {"name": "in turns", "kind": "in_turn", "rounds": rounds, "chunk": chunk,
             "overrides": [*data, "trainer.progress=false", "trainer.deterministic=false"]}
     measured = in_turn_ratios(run_isolated(spec, isolated))
+    print(f"in turns: convlearn trains with the {measured['convlearn_step']} step here", flush=True)
     for name, ratio in measured["ratios"].items():
         print(f"in turns: {name} {ratio['median']:.2f}x (rounds {ratio['min']:.2f}-{ratio['max']:.2f}x)", flush=True)
     cost = measured["logging"]

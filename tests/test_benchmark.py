@@ -159,21 +159,24 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     assert logging["rounds"] == 2 and logging["logged_steps_per_sec"] > 0 and logging["bare_steps_per_sec"] > 0
     assert logging["overhead"] == pytest.approx(1 - logging["logged_steps_per_sec"] / logging["bare_steps_per_sec"])
     in_turn = report["in_turn"]
+    assert in_turn["convlearn_step"] == "graph"  # debug=tiny pins trainer.jit_compile=false: XLA is the other step
     assert set(in_turn["steps_per_sec"]) == {"notebook loop", "keras fit", "keras fit steps_per_execution=10",
                                              "convlearn bare step", "convlearn bare step, steps_per_call=10", "convlearn",
-                                             "convlearn, steps_per_call=10", "keras fit XLA", "convlearn XLA"}
+                                             "convlearn, steps_per_call=10", "keras fit XLA", "convlearn, XLA step"}
     for ratio in in_turn["ratios"].values():
         assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
     for name, rates in in_turn["steps_per_sec_per_round"].items():  # the raw rates behind every spread
         assert len(rates) == 2 and min(rates) == in_turn["steps_per_sec"][name]["min"]
     assert {"convlearn vs the fastest keras fit", "convlearn bare step, steps_per_call=10 vs one step per call",
-            "convlearn, steps_per_call=10 vs one step per call", "convlearn XLA vs the fastest keras fit",
-            "convlearn XLA vs keras fit XLA"} <= set(in_turn["ratios"])
+            "convlearn, steps_per_call=10 vs one step per call", "convlearn, XLA step vs the fastest keras fit",
+            "convlearn bare step vs the keras fit of its kind"} <= set(in_turn["ratios"])
+    assert [row["jit_compile"] for row in report["rows"] if row["name"] == "convlearn"] == [False]
     fast = report["presets"]["experiment=fast"]
     assert fast["seeds"] == [0, 1] and len(fast["seconds_to_notebook_quality"]) == 2
     assert fast["seconds_to_notebook_quality"][0] == next(
         row["seconds_to_notebook_quality"] for row in report["rows"] if row["name"] == "experiment=fast")
     assert "notebook loop" in stdout and "logging: " in stdout and "in turns: convlearn vs notebook loop" in stdout
+    assert "in turns: convlearn trains with the graph step here" in stdout
 
 
 @pytest.mark.slow

@@ -203,6 +203,12 @@ def test_auto_times_the_steps_once_per_workload_and_then_trains_with_the_remembe
     with caplog.at_level("INFO", logger="convlearn"):
         again, _, again_weights = fit(cfg, 1, jit_compile="auto")
     assert "when first measured" in caplog.text
+    target = build(cfg, "target")
+    model = build(cfg, "model", target=footprint_of(target))
+    batch = make_batch(build(cfg, "data").train[0][..., 0], target, model)
+    assert Trainer(jit_compile="auto").uses_xla(model, build(cfg, "optimizer"), batch) is first.jit_compile
+    assert Trainer(jit_compile=not first.jit_compile).uses_xla(model, build(cfg, "optimizer"), batch) is (
+        not first.jit_compile)  # pinned: as pinned
     assert again.jit_compile == first.jit_compile and again.losses == first.losses  # same seed, same result
     for a, b in zip(first_weights, again_weights):
         np.testing.assert_array_equal(a, b)
