@@ -12,7 +12,7 @@ else the CPU (:func:`training_device`); ``metrics.json`` records it.
 Whether XLA or TensorFlow's own graph runs a step faster depends on the CPU (for the notebook's
 model XLA was 1.3x faster on one 2-core machine and 2.4x slower on another), so
 ``trainer.jit_compile=auto`` times both on the first batch (:func:`fastest_step`) and keeps the
-faster.
+faster (once per workload and machine: :mod:`convlearn.step_cache`).
 
 The counting helpers (FLOPs of a conv stack, a plain matmul's GFLOP/s, peak memory) serve
 ``scripts/benchmark.py``: they put a model's speed next to what the hardware can do.
