@@ -26,6 +26,7 @@ notebook's quality per seed, and that as a fraction of the notebook loop's time.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import subprocess
@@ -320,29 +321,31 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
         log_dir=Path(log_dir), batch=experiment.feed.preview, config_text=OmegaConf.to_yaml(cfg),
         hparams=hparams_from_config(cfg), target_kernel=experiment.target.linear_kernel(),
     ) as logger:
-        logged_steps = [0]
+        # Each logged loop numbers its own steps, as a run of its own would: every one of them draws
+        # pictures at the logger's rate (after its step 0 and every image_every steps).
+        logged_steps: dict[str, int] = collections.Counter()
 
-        def log_step(loss: float, grad_norm: float, learning_rate: float) -> None:
-            """One step's scalars to the logger, numbered on from the logged loops' last step."""
+        def log_step(loop: str, loss: float, grad_norm: float, learning_rate: float) -> None:
+            """One step of ``loop`` to the logger, numbered on from that loop's last logged step."""
             scalars = {"loss": loss, "grad_norm": grad_norm, "learning_rate": learning_rate}
-            logger.on_step(logged_steps[0], scalars, model)
-            logged_steps[0] += 1
+            logger.on_step(logged_steps[loop], scalars, model)
+            logged_steps[loop] += 1
 
-        def convlearn(steps: int, log: bool, step: Callable = step_fn) -> None:
+        def convlearn(steps: int, log: str | None, step: Callable = step_fn) -> None:
             for _ in range(steps):
                 loss, grad_norm, _ = step(train.inputs, train.targets)
                 loss, grad_norm = float(loss), float(grad_norm)  # waits for the step, as the trainer does
                 if log:
-                    log_step(loss, grad_norm, current_lr(optimizer))
+                    log_step(log, loss, grad_norm, current_lr(optimizer))
 
-        def convlearn_per_call(steps: int, log: bool) -> None:
+        def convlearn_per_call(steps: int, log: str | None) -> None:
             for first in range(0, steps, FIT_EXECUTION):
                 count = min(FIT_EXECUTION, steps - first)
                 # One sync per call: the call's losses, gradient norms and rates come back together.
                 losses, grad_norms, _, lrs = (v.numpy() for v in chunk_fn([(train.inputs, train.targets)] * count))
                 if log:
                     for loss, grad_norm, lr in zip(losses, grad_norms, lrs):
-                        log_step(float(loss), float(grad_norm), float(lr))
+                        log_step(log, float(loss), float(grad_norm), float(lr))
 
         def fit(per_execution: int, jit_compile: bool | str = "auto") -> Callable[[int], float]:
             fit_net = notebook_model()
@@ -365,14 +368,14 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
             NOTEBOOK: notebook,
             "keras fit": fit(1),
             FIT_PER_EXECUTION: fit(FIT_EXECUTION),
-            "convlearn bare step": lambda steps: convlearn(steps, log=False),
-            PER_CALL: lambda steps: convlearn_per_call(steps, log=False),
-            "convlearn": lambda steps: convlearn(steps, log=True),
-            LOGGED_PER_CALL: lambda steps: convlearn_per_call(steps, log=True),
+            "convlearn bare step": lambda steps: convlearn(steps, log=None),
+            PER_CALL: lambda steps: convlearn_per_call(steps, log=None),
+            "convlearn": lambda steps: convlearn(steps, log="convlearn"),
+            LOGGED_PER_CALL: lambda steps: convlearn_per_call(steps, log=LOGGED_PER_CALL),
             # XLA, asked for explicitly: Keras resolves fit's jit_compile="auto" to no XLA without an
             # accelerator.
             FIT_XLA: fit(1, jit_compile=True),
-            other_loop(xla): lambda steps: convlearn(steps, log=True, step=other_step),
+            other_loop(xla): lambda steps: convlearn(steps, log=other_loop(xla), step=other_step),
         }
         logger.pictures(0, model)
         for run in loops.values():
