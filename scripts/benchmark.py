@@ -409,6 +409,7 @@ def in_turn_ratios(measured: dict) -> dict:
     xla = measured["convlearn_step"] == STEP_KINDS[True]
     other = other_loop(xla)
     ratios["convlearn vs the fastest keras fit"] = spread(rates["convlearn"] / fastest_fit)
+    ratios[f"{LOGGED_PER_CALL} vs the fastest keras fit"] = spread(rates[LOGGED_PER_CALL] / fastest_fit)
     ratios[f"{other} vs the fastest keras fit"] = spread(rates[other] / fastest_fit)
     # The compiled steps alone: convlearn's bare step against the faster fit that compiles its kind of step.
     same_kind = rates[FIT_XLA] if xla else np.maximum(rates["keras fit"], rates[FIT_PER_EXECUTION])
