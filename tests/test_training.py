@@ -169,20 +169,27 @@ def _calls_until_ctrl_c(presses: int) -> tuple[list[int], History]:
     return made, history
 
 
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler (KeyboardInterrupt), as a terminal's ``python`` has it, for the
+    test's duration: a pytest-xdist worker may run with SIGINT ignored, which the trainer restores."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield signal.default_int_handler
+    signal.signal(signal.SIGINT, previous)
+
+
 @main_thread_only
-def test_ctrl_c_stops_the_run_before_its_next_call():
-    before = signal.getsignal(signal.SIGINT)
+def test_ctrl_c_stops_the_run_before_its_next_call(python_sigint):
     made, history = _calls_until_ctrl_c(1)
     assert made == [0, 1, 2] and (history.status, history.stopped_step) == ("interrupted", 3)
-    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGINT) is python_sigint
 
 
 @main_thread_only
-def test_a_second_ctrl_c_interrupts_at_once():
-    before = signal.getsignal(signal.SIGINT)
+def test_a_second_ctrl_c_interrupts_at_once(python_sigint):
     with pytest.raises(KeyboardInterrupt):  # train.py records the run as interrupted from it
         _calls_until_ctrl_c(2)
-    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGINT) is python_sigint
 
 
 def test_auto_times_the_steps_once_per_workload_and_then_trains_with_the_remembered_pick(
