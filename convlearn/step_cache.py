@@ -91,7 +91,7 @@ def workload_key(described: dict) -> str:
 
 def recall(described: dict, folder: Path | None = None) -> bool | None:
     """The remembered pick for this workload (True: XLA), or None when none was measured here."""
-    return _pick(_read(_path(folder)).get(workload_key(described)))
+    return _pick(_read(cache_file(folder)).get(workload_key(described)))
 
 
 def remember(described: dict, pick: bool, rates: dict[bool, float], folder: Path | None = None) -> bool:
@@ -99,7 +99,7 @@ def remember(described: dict, pick: bool, rates: dict[bool, float], folder: Path
     measured at, and return the pick later runs will use: a pick another run recorded meanwhile
     (a sweep's jobs start together) is kept, so that every run of the workload agrees. Where the
     file cannot be written the pick still holds for this run, and a warning says so."""
-    path = _path(folder)
+    path = cache_file(folder)
     key = workload_key(described)
     try:
         with _locked(path):
@@ -127,7 +127,8 @@ def _pick(entry: object) -> bool | None:
     return pick if isinstance(pick, bool) else None
 
 
-def _path(folder: Path | None) -> Path:
+def cache_file(folder: Path | None = None) -> Path:
+    """The file of the remembered picks, in ``folder`` (default: :func:`cache_dir`)."""
     return (folder or cache_dir()) / FILE_NAME
 
 

@@ -282,7 +282,7 @@ class Trainer:
         pick = step_cache.recall(described)
         if pick is not None:
             log.info("trainer.jit_compile=auto: training with %s, the faster step for this model and batch on this "
-                     "machine when first measured (%s)", name[pick], step_cache.cache_dir() / step_cache.FILE_NAME)
+                     "machine when first measured (%s)", name[pick], step_cache.cache_file())
             return pick
         state = [*model.variables, *optimizer.variables]
         measured, rates = fastest_step(candidates, inputs, targets, state=state)
