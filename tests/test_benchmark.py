@@ -184,6 +184,7 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
 def test_thread_sweep_and_scaling_parts(benchmark, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(benchmark, "QUICK_SCALING_SIZES", [48])  # fewer than --quick's, same code
     monkeypatch.setattr(benchmark, "QUICK_LARGE_SIZE", 64)
+    monkeypatch.setenv("CONVLEARN_CACHE_DIR", str(tmp_path / "picks"))
     out = tmp_path / "bench.json"
     assert benchmark.main(["--quick", "--rows", "convlearn bare step", "--threads", "--scaling", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -195,6 +196,7 @@ def test_thread_sweep_and_scaling_parts(benchmark, tmp_path, monkeypatch, capsys
     assert modes == {(48, "full"), (48, "patches"), (64, "patches")}
     assert all(entry["ns_per_pixel"] > 0 and entry["peak_mem_mb"] > 0 for entry in report["scaling"])
     assert "threads [intra, inter]: best [1, 1]" in capsys.readouterr().out
+    assert not (tmp_path / "picks").exists()  # --quick pins the step: no size timed XLA against the graph
 
 
 def test_fast_preset_is_the_notebook_experiment_on_crops_with_lsuv_and_a_tuned_adam(make_cfg):
