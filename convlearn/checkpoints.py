@@ -7,6 +7,11 @@ under temporary names and updates its ``checkpoint`` index last, so a run killed
 still has its previous checkpoint. The ``checkpoints/`` folder also marks a run dir as taken:
 :func:`claim_run_dir` creates it atomically, so two runs never write into one directory.
 
+Beside the checkpoints the folder records which compiled step the run trains with (XLA or the
+graph, see ``trainer.jit_compile``): the two round differently, so a resume continues bit for bit
+only with the step the run started with, which ``auto`` would otherwise take from this machine's
+record of picks (absent on another machine, or after that record was cleared).
+
 A resume uses the newest checkpoint that reads back whole: a checkpoint with a missing index or a
 truncated data file is passed over (with a warning) for the one before it; a run killed before its
 first checkpoint starts again from step 0.
@@ -14,6 +19,7 @@ first checkpoint starts again from step 0.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -28,6 +34,7 @@ from convlearn.errors import ConvlearnError
 from convlearn.run_dirs import FOLDER, check_writable, take_over
 
 CONFIG = "config.yaml"  # the config the run started with; Hydra rewrites .hydra/ on every resume
+STEP = "compiled_step.json"  # {"jit_compile": true|false}: the step the run trains with
 
 log = logging.getLogger("convlearn")
 
@@ -117,6 +124,28 @@ class Checkpoints:
         self.saved_path = self.manager.save(checkpoint_number=len(losses))
         self.saved_step = len(losses)
         return self.saved_path
+
+    def record_step(self, jit_compile: bool) -> None:
+        """Record that the run trains with the step XLA compiles (``jit_compile``) or the graph's."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / (STEP + ".tmp")
+        tmp.write_text(json.dumps({"jit_compile": bool(jit_compile)}) + "\n")
+        os.replace(tmp, self.folder / STEP)
+
+    def recorded_step(self) -> bool | None:
+        """The step the run recorded (see :meth:`record_step`); None when it recorded none (a run
+        from before the record existed) or the record cannot be read (with a warning)."""
+        path = self.folder / STEP
+        if not path.exists():
+            return None
+        try:
+            value = json.loads(path.read_text()).get("jit_compile")
+        except (OSError, ValueError, AttributeError) as err:
+            value = err
+        if not isinstance(value, bool):
+            log.warning("%s cannot be read (%s); the run's compiled step is chosen as for a new run", path, value)
+            return None
+        return value
 
     def restore(self) -> tuple[list[float], list[float]]:
         """Load the newest checkpoint that reads back whole into the model, optimizer and

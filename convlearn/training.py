@@ -36,6 +36,8 @@ from convlearn.perf import fastest_step, loss_scaled
 
 log = logging.getLogger("convlearn")
 
+STEP_NAMES = {True: "XLA", False: "the graph"}  # the compiled steps, by whether XLA compiles them
+
 
 @dataclass
 class History:
@@ -254,9 +256,12 @@ class Trainer:
         if lsuv:
             unit_variance(model, *first)
         if len(candidates) > 1:
-            history.jit_compile = self._pick_step(candidates, model, optimizer, *first)
+            recorded = checkpoints.recorded_step() if checkpoints and self.resume else None
+            history.jit_compile = self._pick_step(candidates, model, optimizer, *first, recorded=recorded)
         else:
             (history.jit_compile,) = candidates
+        if checkpoints is not None:
+            checkpoints.record_step(history.jit_compile)
         return Run(model, optimizer, candidates[history.jit_compile], feed, history, logger, validation, checkpoints)
 
     def uses_xla(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, batch: Batch | Iterable) -> bool:
@@ -273,22 +278,25 @@ class Trainer:
 
     def _pick_step(
         self, candidates: dict[bool, Callable], model: keras.Model, optimizer: keras.optimizers.Optimizer,
-        inputs: tf.Tensor, targets: tf.Tensor,
+        inputs: tf.Tensor, targets: tf.Tensor, recorded: bool | None = None,
     ) -> bool:
-        """``jit_compile="auto"``: the step remembered for this workload on this machine, else the
-        faster on this batch (then remembered): True for XLA. See :mod:`convlearn.step_cache`."""
+        """``jit_compile="auto"``: the step a resumed run ``recorded`` it trained with (so that it goes
+        on bit for bit), else the step remembered for this workload on this machine, else the faster
+        on this batch (then remembered): True for XLA. See :mod:`convlearn.step_cache`."""
+        if recorded is not None:
+            log.info("trainer.jit_compile=auto: resuming with %s, the step this run trained with", STEP_NAMES[recorded])
+            return recorded
         described = step_cache.workload(model, optimizer, inputs, targets)
-        name = {True: "XLA", False: "the graph"}
         pick = step_cache.recall(described)
         if pick is not None:
             log.info("trainer.jit_compile=auto: training with %s, the faster step for this model and batch on this "
-                     "machine when first measured (%s)", name[pick], step_cache.cache_file())
+                     "machine when first measured (%s)", STEP_NAMES[pick], step_cache.cache_file())
             return pick
         state = [*model.variables, *optimizer.variables]
         measured, rates = fastest_step(candidates, inputs, targets, state=state)
         pick = step_cache.remember(described, measured, rates)
         log.info("trainer.jit_compile=auto: XLA %.1f, graph %.1f steps/s on the first batch; training with %s%s",
-                 rates[True], rates[False], name[pick], "" if pick == measured else ", which a run started at the "
+                 rates[True], rates[False], STEP_NAMES[pick], "" if pick == measured else ", which a run started at the "
                  "same time measured first")
         return pick
 

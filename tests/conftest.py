@@ -24,6 +24,10 @@ TINY_YAML = ROOT / "configs" / "debug" / "tiny.yaml"
 TINY = [f"{key}={str(value).lower() if isinstance(value, bool) else value}"
         for key, value in flatten(OmegaConf.to_container(OmegaConf.load(TINY_YAML))).items()]
 
+# A small non-linear model (two 3x3 context-aggregation layers of 2 channels): the behaviour of
+# the trainer around any model, at a fraction of the notebook model's tracing and compile time.
+SMALL_MODEL = ["model=can", "model.depth=2", "model.width=2"]
+
 
 def load_script(name: str) -> ModuleType:
     """Import ``scripts/<name>.py`` as a module (scripts are not part of the package)."""

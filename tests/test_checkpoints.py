@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT, SMALL_MODEL, TINY
 
-from conftest import ROOT, TINY
-from convlearn.checkpoints import Checkpoints
+from convlearn import step_cache
+from convlearn.checkpoints import STEP, Checkpoints
 from convlearn.config import build
 from convlearn.pipeline import run_experiment
 
@@ -169,6 +170,33 @@ def test_resumed_patch_stream_draws_the_same_patches(make_cfg, tmp_path):
     assert np.array_equal(kernels(tmp_path / "split")["conv_00"], kernels(tmp_path / "whole")["conv_00"])
 
 
+@pytest.mark.slow
+def test_an_auto_run_resumes_with_its_own_step_whatever_this_machine_would_pick_now(
+    make_cfg, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("CONVLEARN_CACHE_DIR", str(tmp_path / "picks"))
+    small = [*SMALL_MODEL, "trainer.jit_compile=auto", "trainer.checkpoint_every=3",
+             "logger.image_every=0"]
+    whole = run_experiment(make_cfg(*small, "trainer.steps=6"), tmp_path / "whole").metrics
+    run_experiment(make_cfg(*small, "trainer.steps=3"), tmp_path / "split")
+    folder = tmp_path / "split" / "checkpoints"
+    assert json.loads((folder / STEP).read_text()) == {"jit_compile": whole["jit_compile"]}
+    # Another machine, or this one after its record of picks was cleared, would pick the other step.
+    picks = tmp_path / "picks" / step_cache.FILE_NAME
+    records = json.loads(picks.read_text())
+    (entry,) = records.values()
+    entry["jit_compile"] = not entry["jit_compile"]
+    picks.write_text(json.dumps(records))
+
+    resumed = run_experiment(make_cfg(*small, "trainer.steps=6", "trainer.resume=true"), tmp_path / "split").metrics
+    assert resumed["jit_compile"] == whole["jit_compile"] and resumed["losses"] == whole["losses"]
+    assert "resuming with" in caplog.text
+    # An unreadable record: a warning, and the step is chosen as for a new run (the machine's pick).
+    (folder / STEP).write_text("{")
+    again = run_experiment(make_cfg(*small, "trainer.steps=7", "trainer.resume=true"), tmp_path / "split").metrics
+    assert again["jit_compile"] == entry["jit_compile"] and f"{STEP} cannot be read" in caplog.text
+
+
 SHORT = ["model=linear", "trainer.checkpoint_every=1", "logger.image_every=0"]
 
 
@@ -186,7 +214,7 @@ def damage_missing_index(folder):
 def test_resume_passes_over_a_damaged_newest_checkpoint_to_the_one_before(make_cfg, tmp_path, caplog, damage):
     whole = run_experiment(make_cfg(*SHORT, "trainer.steps=6"), tmp_path / "whole").metrics
     run_dir = tmp_path / "run"
-    run_experiment(make_cfg(*SHORT, "trainer.steps=4"), run_dir).metrics  # keeps ckpt-3 and ckpt-4
+    run_experiment(make_cfg(*SHORT, "trainer.steps=4"), run_dir)  # keeps ckpt-3 and ckpt-4
     damage(run_dir / "checkpoints")
 
     resumed = run_experiment(make_cfg(*SHORT, "trainer.steps=6", "trainer.resume=true"), run_dir).metrics
@@ -210,7 +238,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(make_cfg, 
 
 @pytest.mark.slow
 def test_resuming_a_finished_run_records_no_speed(make_cfg, tmp_path):
-    run_experiment(make_cfg(*SHORT, "trainer.steps=2"), tmp_path).metrics
+    run_experiment(make_cfg(*SHORT, "trainer.steps=2"), tmp_path)
     resumed = run_experiment(make_cfg(*SHORT, "trainer.steps=2", "trainer.resume=true"), tmp_path).metrics
     assert resumed["status"] == "completed" and resumed["steps"] == 2
     assert read_metrics(tmp_path)["steps_per_sec"] is None  # no step trained: no speed to report
@@ -222,10 +250,10 @@ def test_a_refused_resume_is_one_error_without_tensorflow_warnings(make_cfg, tmp
 
     from convlearn.errors import ConvlearnError
 
-    run_experiment(make_cfg(*SHORT, "trainer.steps=2"), tmp_path).metrics
+    run_experiment(make_cfg(*SHORT, "trainer.steps=2"), tmp_path)
     capfd.readouterr()
     with pytest.raises(ConvlearnError, match="does not fit this config's model"):
-        run_experiment(make_cfg("trainer.steps=2", "trainer.resume=true", "logger.image_every=0"), tmp_path).metrics  # model=notebook
+        run_experiment(make_cfg("trainer.steps=2", "trainer.resume=true", "logger.image_every=0"), tmp_path)  # model=notebook
     gc.collect()  # the restore's status warns about every unmatched value when it is collected
     assert "could not be found" not in capfd.readouterr().err
 

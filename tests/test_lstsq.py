@@ -3,9 +3,9 @@ import json
 import keras
 import numpy as np
 import pytest
-
-from conftest import tiny_cfg
+from conftest import SMALL_MODEL, tiny_cfg
 from test_analysis import GAUSSIAN_5
+
 from convlearn import analysis
 from convlearn.errors import ConvlearnError
 from convlearn.kernels import gaussian
@@ -28,7 +28,7 @@ def test_lstsq_trainer_solves_the_linear_model_and_writes_the_run_dir(tmp_path):
 
 def test_lstsq_trainer_refuses_nonlinear_models(tmp_path):
     with pytest.raises(ConvlearnError, match="trainer=lstsq: model 'can' must be a single VALID conv"):
-        run_experiment(tiny_cfg("model=can", "model.depth=2", "model.width=2", *GAUSSIAN_5, "trainer=lstsq"), tmp_path)
+        run_experiment(tiny_cfg(*SMALL_MODEL, *GAUSSIAN_5, "trainer=lstsq"), tmp_path)
 
 def test_lstsq_trainer_is_one_step():
     with pytest.raises(ConvlearnError, match="trainer.steps: trainer=lstsq solves in exactly 1 step, got 12"):

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY
+from conftest import ROOT, SMALL_MODEL, TINY
 
 SCRIPT = """
 import json, sys
@@ -61,7 +61,7 @@ print(json.dumps({"single": fit(None), "mirrored": fit("mirrored"), "diverging":
 @pytest.mark.slow
 def test_mirrored_strategy_matches_one_device_on_the_same_batch():
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(ROOT / "configs"), *TINY, "trainer.steps=4", "optimizer.lr=3e-3"],
+        [sys.executable, "-c", SCRIPT, str(ROOT / "configs"), *TINY, *SMALL_MODEL, "trainer.steps=4", "optimizer.lr=3e-3"],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import scipy.ndimage
+from conftest import SMALL_MODEL
 
 from convlearn import perf, step_cache, training
 from convlearn.config import build
@@ -117,7 +118,7 @@ def fit(cfg, steps_per_call: int, **trainer_args):
 @pytest.mark.parametrize("steps_per_call", [4, pytest.param(7, marks=pytest.mark.slow)])
 def test_several_steps_per_call_train_and_log_exactly_like_one(make_cfg, steps_per_call):
     # A cosine schedule: the logged learning rate must be each step's own, not the call's last.
-    cfg = make_cfg("model=can", "model.depth=2", "model.width=2", "+optimizer.decay_steps=12")
+    cfg = make_cfg(*SMALL_MODEL, "+optimizer.decay_steps=12")
     one, one_log, one_weights = fit(cfg, 1, val_every=4)
     many, many_log, many_weights = fit(cfg, steps_per_call, val_every=4)
     assert many.losses == one.losses and many.grad_norms == one.grad_norms and many.val_losses == one.val_losses
@@ -138,7 +139,7 @@ def test_several_steps_per_call_train_and_log_exactly_like_one(make_cfg, steps_p
 @pytest.mark.parametrize("on_nonfinite", ["stop", "skip"])
 def test_a_call_stops_at_its_first_nonfinite_step_like_single_steps(make_cfg, on_nonfinite):
     # A learning rate that blows up within the run: the guard acts on the same step either way.
-    cfg = make_cfg("model=can", "model.depth=2", "model.width=2", "optimizer=sgd", "optimizer.lr=1e4")
+    cfg = make_cfg(*SMALL_MODEL, "optimizer=sgd", "optimizer.lr=1e4")
     one, _, one_weights = fit(cfg, 1, on_nonfinite=on_nonfinite)
     many, _, many_weights = fit(cfg, 5, on_nonfinite=on_nonfinite)
     assert (one.status, one.stopped_step, one.skipped_steps) == (many.status, many.stopped_step, many.skipped_steps)
@@ -196,7 +197,7 @@ def test_auto_times_the_steps_once_per_workload_and_then_trains_with_the_remembe
     make_cfg, monkeypatch, tmp_path, caplog
 ):
     monkeypatch.setenv("CONVLEARN_CACHE_DIR", str(tmp_path))
-    cfg = make_cfg("model=can", "model.depth=2", "model.width=2")
+    cfg = make_cfg(*SMALL_MODEL)
     with caplog.at_level("INFO", logger="convlearn"):
         first, _, first_weights = fit(cfg, 1, jit_compile="auto")
     assert "steps/s on the first batch" in caplog.text  # measured
