@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SMALL_MODEL
 
 from convlearn.config import build
 from convlearn.data import make_batch, shapes
@@ -63,7 +64,7 @@ def test_trainer_rescales_before_its_first_step(make_cfg):
 def test_resumed_run_keeps_its_trained_weights(make_cfg, tmp_path):
     # Random patches: the batch the rescaling looks at must also be the first one trained on.
     np.save(tmp_path / "image.npy", shapes(40, 48, n_circles=3, n_squares=3, min_size=4, max_size=10))
-    lsuv = ["trainer.init=lsuv", "logger.image_every=0", "data=file", f"data.path={tmp_path}/image.npy",
+    lsuv = [*SMALL_MODEL, "trainer.init=lsuv", "logger.image_every=0", "data=file", f"data.path={tmp_path}/image.npy",
             "data.patch_size=24", "data.batch_size=2"]
     whole = run_experiment(make_cfg(*lsuv, "trainer.steps=4"), tmp_path / "whole").metrics
     run_experiment(make_cfg(*lsuv, "trainer.steps=2"), tmp_path / "split")
