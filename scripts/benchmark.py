@@ -209,7 +209,8 @@ def compile_for_fit(
     jit_compile: bool | str = "auto",
 ) -> tf.data.Dataset:
     """Compile the notebook's ``model`` for ``fit`` (Adam with Keras' defaults, MSE) and return the
-    repeated one-image dataset a Keras user would train it on for many steps."""
+    repeated one-image dataset a Keras user would train it on for many steps. ``fit`` is called
+    with ``shuffle=False``: it shuffles no dataset anyway and only warns that it does not."""
     model.compile(optimizer=keras.optimizers.Adam(), loss="mse", steps_per_execution=steps_per_execution,
                   jit_compile=jit_compile)
     return tf.data.Dataset.from_tensors((inputs, targets)).repeat()
@@ -246,7 +247,7 @@ def run_row(spec: dict) -> dict:
         else:
             dataset = compile_for_fit(model, batch.inputs, batch.targets, spec.get("steps_per_execution", 1))
             timer = _FitClock(clock)
-            model.fit(dataset, epochs=1, steps_per_epoch=trainer.steps, verbose=0, callbacks=[timer])
+            model.fit(dataset, epochs=1, steps_per_epoch=trainer.steps, verbose=0, callbacks=[timer], shuffle=False)
             losses = timer.losses
         train, preview = batch, batch
     else:
@@ -356,7 +357,7 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
             last_step = _LastStep()
 
             def run(steps: int) -> float:
-                fit_net.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[last_step])
+                fit_net.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[last_step], shuffle=False)
                 return last_step.at
 
             return run
