@@ -580,6 +580,11 @@ def benchmark(args: argparse.Namespace) -> dict:
     if info["bf16"]:
         report["machine"]["matmul_gflops_bf16"] = perf.matmul_gflops(256 if args.quick else 1024, dtype=tf.bfloat16)
 
+    if "turns" in parts:
+        # First: in one process (--quick) the trainer's rows turn TensorFlow's op determinism on for
+        # good, and under it Keras quietly runs the turns' XLA fit without XLA.
+        report["in_turn"] = in_turns(data, args.quick, isolated, args.rounds)
+        report["logging"] = report["in_turn"].pop("logging")
     rows, notebook = [], None
     for name, spec in loops:
         row = summarise(name, run_isolated({"name": name, **spec}, isolated), notebook, matmul)
@@ -590,9 +595,6 @@ def benchmark(args: argparse.Namespace) -> dict:
         rows.append(row)
         print(_line(row), flush=True)
     report["rows"] = rows
-    if "turns" in parts:
-        report["in_turn"] = in_turns(data, args.quick, isolated, args.rounds)
-        report["logging"] = report["in_turn"].pop("logging")
     if "seeds" in parts:
         report["presets"] = {
             name: preset_seeds(name, dict(loops)[name], rows, notebook, args.seeds, isolated, matmul)
