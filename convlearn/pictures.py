@@ -101,7 +101,7 @@ def enlarge(array: np.ndarray, factor: int, axes: tuple[int, int] = (0, 1)) -> n
 def kernel_grid(kernel: np.ndarray, cell: int = 48, gap: int = 2) -> np.ndarray:
     """A Conv2D kernel ``(kh, kw, in, out)`` as an RGB grid: one row per input channel, one column
     per output channel, on a symmetric diverging scale so that zero is white."""
-    kh, kw, n_in, n_out = kernel.shape
+    kh, kw = kernel.shape[:2]
     limit = finite_limit([kernel])
     # (in, out, kh, kw) tiles, coloured in one call: wide layers have hundreds of them.
     tiles = colorize(np.transpose(kernel, (2, 3, 0, 1)), -limit, limit, KERNEL_CMAP)
