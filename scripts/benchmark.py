@@ -68,6 +68,9 @@ THREAD_SWEEP_STEPS = 100
 # The loops measured in turns in one process: rounds of this many steps of each.
 IN_TURN_ROUNDS, IN_TURN_CHUNK = 5, 30
 FIT_EXECUTION = 10  # steps_per_execution of the second Keras fit loop
+# Progress: a row reports every this many steps, on stderr, each line starting with PROGRESS; a
+# row's own process writes them there and the parent passes them on as they come.
+PROGRESS, PROGRESS_EVERY = "benchmark: ", 100
 PER_CALL = f"convlearn bare step, steps_per_call={FIT_EXECUTION}"  # the in-turn loops of K steps per compiled call
 LOGGED_PER_CALL = f"convlearn, steps_per_call={FIT_EXECUTION}"
 FIT_PER_EXECUTION = f"keras fit steps_per_execution={FIT_EXECUTION}"
@@ -83,14 +86,16 @@ ROW_FIELDS = ("name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook
 class StepClock:
     """Seconds from ``start()`` to the end of every step. Passed to the trainer as its logger, it
     times each step and hands the call on to the real logger, if any (whose work is then counted
-    in the next step, as a user would see it).
+    in the next step, as a user would see it). With a ``label`` it reports its progress.
 
     With ``evaluate`` (a run on patches, whose losses are of its patches) it also measures the
     whole image's loss after every step, with the clock stopped: the measurement is the
     benchmark's, not the run's."""
 
-    def __init__(self, logger: object | None = None, evaluate: Callable[[], float] | None = None) -> None:
-        self.logger, self.evaluate = logger, evaluate
+    def __init__(
+        self, logger: object | None = None, evaluate: Callable[[], float] | None = None, label: str = ""
+    ) -> None:
+        self.logger, self.evaluate, self.label = logger, evaluate, label
         self.times: list[float] = []
         self.evaluated: list[float] = []
         self._start = time.perf_counter()
@@ -107,6 +112,8 @@ class StepClock:
 
     def tick(self) -> None:
         self.times.append(time.perf_counter() - self._start)
+        if self.label and len(self.times) % PROGRESS_EVERY == 0:
+            progress(f"{self.label}: {len(self.times)} steps in {self.times[-1]:.1f} s")
 
     def on_step(self, step: int, scalars: dict[str, float], model: keras.Model) -> None:
         self.tick()
@@ -120,6 +127,11 @@ class StepClock:
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.logger is not None:
             self.logger.scalars(step, values)
+
+
+def progress(message: str) -> None:
+    """One line on how far a long part has got, on stderr, so that the results on stdout stay clean."""
+    print(PROGRESS + message, file=sys.stderr, flush=True)
 
 
 def notebook_model() -> keras.Model:
@@ -232,7 +244,7 @@ def run_row(spec: dict) -> dict:
     experiment = build_experiment(compose_config(spec["overrides"]))
     trainer, images, target = experiment.trainer, experiment.images, experiment.target
     patches = spec["kind"] == "trainer" and isinstance(experiment.feed.train, Stream)
-    clock = StepClock(evaluate=_whole_image_loss(experiment) if patches else None)
+    clock = StepClock(evaluate=_whole_image_loss(experiment) if patches else None, label=spec["name"])
     if spec["kind"] == "in_turn":
         return _in_turns(experiment, spec["rounds"], spec["chunk"])
     if spec["kind"] in ("notebook", "keras_fit"):
@@ -385,11 +397,14 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
         for run in loops.values():
             run(FIT_EXECUTION)  # traced and compiled outside the clock
         rates: dict[str, list[float]] = {name: [] for name in loops}
-        for _ in range(rounds):
+        for done in range(1, rounds + 1):
             for name, run in loops.items():
                 start = time.perf_counter()
                 finished = run(chunk)  # a fit's round ends at its last step (see _LastStep)
                 rates[name].append(chunk / ((finished or time.perf_counter()) - start))
+            fastest_fit = max(values[-1] for name, values in rates.items() if name.startswith("keras fit"))
+            progress(f"in turns: round {done}/{rounds}: convlearn {rates['convlearn'][-1]:.2f}, the fastest keras fit "
+                     f"{fastest_fit:.2f}, the notebook loop {rates[NOTEBOOK][-1]:.2f} steps/s")
     return {"rounds": rounds, "steps_per_round": chunk, "convlearn_step": STEP_KINDS[xla], "steps_per_sec": rates}
 
 
@@ -438,12 +453,27 @@ def run_isolated(spec: dict, isolated: bool) -> dict:
             return run_row(spec)
         finally:
             keras.config.set_dtype_policy(policy)
-    done = subprocess.run(
-        [sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"benchmark: row {spec['name']!r} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    returncode, stdout, stderr = run_child([sys.executable, __file__, "--row", json.dumps(spec)])
+    if returncode != 0:
+        raise SystemExit(f"benchmark: row {spec['name']!r} failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_child(command: Sequence[str]) -> tuple[int, str, str]:
+    """Run ``command`` and return its exit status, stdout and stderr; its progress lines (those
+    starting with ``PROGRESS``) go on to this process's stderr as they come, the rest of its stderr
+    (TensorFlow's start-up lines) only into the returned text."""
+    with tempfile.TemporaryFile("w+") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE, text=True)
+        errors = []
+        for line in child.stderr:
+            if line.startswith(PROGRESS):
+                print(line, end="", file=sys.stderr, flush=True)
+            else:
+                errors.append(line)
+        child.wait()
+        out.seek(0)
+        return child.returncode, out.read(), "".join(errors)
 
 
 def steady_rate(times: Sequence[float]) -> float:

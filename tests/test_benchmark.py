@@ -143,7 +143,12 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["--quick", "--rows", "keras fit,convlearn", "--parts", "rows,turns,seeds", "--seeds", "2"]
     assert benchmark.main([*argv, "--out", str(out)]) == 0
-    stdout = capsys.readouterr().out
+    captured = capsys.readouterr()
+    stdout = captured.out
+    # Progress on stderr, one line per round of the turns (the rows' 10 steps are fewer than a report's).
+    rounds = [line for line in captured.err.splitlines() if "round" in line]
+    assert [line.split(":")[:3] for line in rounds] == [["benchmark", " in turns", " round 1/2"],
+                                                        ["benchmark", " in turns", " round 2/2"]]
     report = json.loads(out.read_text())
     names = [row["name"] for row in report["rows"]]
     assert names == ["notebook loop", "keras fit", "convlearn", *benchmark.PRESETS]  # the seeds part adds the presets
@@ -321,6 +326,46 @@ def test_step_clock_measures_the_whole_image_after_each_step_with_the_clock_stop
     assert clock.evaluated == [1.0, 2.0, 3.0]
     # three evaluations took 0.6 s; the steps themselves almost nothing
     assert clock.times[-1] < 0.1 and clock.times == sorted(clock.times)
+
+
+def test_a_labelled_clock_reports_its_progress_on_stderr(benchmark, monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "PROGRESS_EVERY", 2)
+    clock = benchmark.StepClock(label="keras fit")
+    for _ in range(5):
+        clock.tick()
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert captured.out == "" and len(lines) == 2
+    assert lines[0].startswith("benchmark: keras fit: 2 steps in ")
+    assert lines[1].startswith("benchmark: keras fit: 4 steps in ")
+    assert all(line.endswith(" s") for line in lines)
+
+
+def test_a_row_process_s_progress_is_passed_on_as_it_comes_and_its_other_stderr_kept(benchmark, capfd, monkeypatch):
+    # A child that reports, makes noise, pauses, reports again and prints its result.
+    relayed = []
+
+    def timed_print(*args, **kwargs):  # when each line was passed on
+        relayed.append(time.perf_counter())
+        print(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "print", timed_print, raising=False)
+    child = (
+        "import sys, time\n"
+        "print('benchmark: first', file=sys.stderr, flush=True)\n"
+        "print('TensorFlow noise', file=sys.stderr, flush=True)\n"
+        "time.sleep(0.5)\n"
+        "print('benchmark: second', file=sys.stderr, flush=True)\n"
+        "print('{\"rate\": 1.5}')\n"
+    )
+    returncode, stdout, stderr = benchmark.run_child([sys.executable, "-c", child])
+    captured = capfd.readouterr()
+    assert returncode == 0 and json.loads(stdout) == {"rate": 1.5}
+    assert captured.err == "benchmark: first\nbenchmark: second\n" and captured.out == ""
+    assert relayed[1] - relayed[0] > 0.4  # the first line was on screen while the child slept
+    assert stderr == "TensorFlow noise\n"
+    failed = benchmark.run_child([sys.executable, "-c", "import sys; sys.exit('broken')"])
+    assert failed == (1, "", "broken\n")
 
 
 def test_a_fit_round_is_timed_to_the_end_of_its_last_step(benchmark):
