@@ -363,9 +363,12 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
                     for loss, grad_norm, lr in zip(losses, grad_norms, lrs):
                         log_step(log, float(loss), float(grad_norm), float(lr))
 
+        fit_xla: dict[bool | str, bool] = {}  # asked for -> what Keras compiled with (it may refuse XLA)
+
         def fit(per_execution: int, jit_compile: bool | str = "auto") -> Callable[[int], float]:
             fit_net = notebook_model()
             dataset = compile_for_fit(fit_net, batch.inputs, batch.targets, per_execution, jit_compile)
+            fit_xla[jit_compile] = bool(fit_net.jit_compile)
             last_step = _LastStep()
 
             def run(steps: int) -> float:
@@ -405,7 +408,8 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
             fastest_fit = max(values[-1] for name, values in rates.items() if name.startswith("keras fit"))
             progress(f"in turns: round {done}/{rounds}: convlearn {rates['convlearn'][-1]:.2f}, the fastest keras fit "
                      f"{fastest_fit:.2f}, the notebook loop {rates[NOTEBOOK][-1]:.2f} steps/s")
-    return {"rounds": rounds, "steps_per_round": chunk, "convlearn_step": STEP_KINDS[xla], "steps_per_sec": rates}
+    return {"rounds": rounds, "steps_per_round": chunk, "convlearn_step": STEP_KINDS[xla],
+            "keras_fit_xla": fit_xla[True], "steps_per_sec": rates}
 
 
 def other_loop(xla: bool) -> str:
@@ -660,6 +664,9 @@ def in_turns(data: list[str], quick: bool, isolated: bool, rounds: int | None = 
             "overrides": [*data, "trainer.progress=false", "trainer.deterministic=false"]}
     measured = in_turn_ratios(run_isolated(spec, isolated))
     print(f"in turns: convlearn trains with the {measured['convlearn_step']} step here", flush=True)
+    if not measured["keras_fit_xla"]:
+        print(f"in turns: Keras compiled '{FIT_XLA}' without XLA here (TensorFlow's op determinism was on in "
+              "this process)", flush=True)
     for name, ratio in measured["ratios"].items():
         print(f"in turns: {name} {ratio['median']:.2f}x (rounds {ratio['min']:.2f}-{ratio['max']:.2f}x)", flush=True)
     cost = measured["logging"]

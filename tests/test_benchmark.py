@@ -164,6 +164,9 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     assert logging["rounds"] == 2 and logging["logged_steps_per_sec"] > 0 and logging["bare_steps_per_sec"] > 0
     assert logging["overhead"] == pytest.approx(1 - logging["logged_steps_per_sec"] / logging["bare_steps_per_sec"])
     in_turn = report["in_turn"]
+    # Keras refuses XLA while op determinism is on, which an earlier test in this process may have left on.
+    assert isinstance(in_turn["keras_fit_xla"], bool)
+    assert ("compiled 'keras fit XLA' without XLA" in stdout) is (not in_turn["keras_fit_xla"])
     assert in_turn["convlearn_step"] == "graph"  # debug=tiny pins trainer.jit_compile=false: XLA is the other step
     assert set(in_turn["steps_per_sec"]) == {"notebook loop", "keras fit", "keras fit steps_per_execution=10",
                                              "convlearn bare step", "convlearn bare step, steps_per_call=10", "convlearn",
