@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +44,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from convlearn import perf  # noqa: E402
@@ -405,9 +406,8 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
                 start = time.perf_counter()
                 finished = run(chunk)  # a fit's round ends at its last step (see _LastStep)
                 rates[name].append(chunk / ((finished or time.perf_counter()) - start))
-            fastest_fit = max(values[-1] for name, values in rates.items() if name.startswith("keras fit"))
             progress(f"in turns: round {done}/{rounds}: convlearn {rates['convlearn'][-1]:.2f}, the fastest keras fit "
-                     f"{fastest_fit:.2f}, the notebook loop {rates[NOTEBOOK][-1]:.2f} steps/s")
+                     f"{fastest_fit(rates)[-1]:.2f}, the notebook loop {rates[NOTEBOOK][-1]:.2f} steps/s")
     return {"rounds": rounds, "steps_per_round": chunk, "convlearn_step": STEP_KINDS[xla],
             "keras_fit_xla": fit_xla[True], "steps_per_sec": rates}
 
@@ -422,18 +422,53 @@ def spread(values: Sequence[float]) -> dict:
     return {"median": float(np.median(values)), "min": float(np.min(values)), "max": float(np.max(values))}
 
 
+def fastest_fit(rates: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """Per round, the steps/s of the fastest of the Keras fit loops."""
+    return np.maximum.reduce([np.asarray(values) for name, values in rates.items() if name.startswith("keras fit")])
+
+
+def turns_png(out: Path) -> Path:
+    """Where the picture of the turns goes: beside the JSON ``out``, ``bench.json`` -> ``bench.turns.png``."""
+    return out.with_name(f"{out.stem}.turns.png")
+
+
+def write_turns_png(in_turn: dict, path: Path) -> None:
+    """The turns as a picture, so that the spread behind each median is seen at a glance: every
+    loop's steps/s round by round, and convlearn (with logging) against the fastest fit of each
+    round, with parity and the median marked."""
+    rates = {name: np.asarray(values) for name, values in in_turn["steps_per_sec_per_round"].items()}
+    rounds = np.arange(1, in_turn["rounds"] + 1)
+    figure = Figure(figsize=(13, 5.5), layout="constrained")
+    speeds, against = figure.subplots(1, 2, width_ratios=[3, 2])
+    colours = {}
+    for name, values in rates.items():
+        (line,) = speeds.plot(rounds, values, marker="o", label=name, linewidth=2.5 if name == "convlearn" else 1)
+        colours[name] = line.get_color()
+    colour = colours["convlearn"]  # the same colour in the ratio panel
+    speeds.set(title=f"loops in turns: steps/s in each round of {in_turn['steps_per_round']} steps", xlabel="round",
+               ylabel="steps/s", xticks=rounds)
+    speeds.legend(fontsize="small", ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    ratio = in_turn["ratios"]["convlearn vs the fastest keras fit"]
+    against.plot(rounds, rates["convlearn"] / fastest_fit(rates), marker="o", linewidth=2.5, color=colour)
+    against.axhline(1.0, color="gray", linestyle="--", label="parity")
+    against.axhline(ratio["median"], color=colour, linestyle=":", label=f"median {ratio['median']:.3f}x")
+    against.set(title="convlearn with logging / the fastest keras fit", xlabel="round", ylabel="ratio", xticks=rounds)
+    against.legend(fontsize="small")
+    figure.savefig(path, dpi=100)
+
+
 def in_turn_ratios(measured: dict) -> dict:
     """Ratios between loops, one per round (both measured in that round), as median and range;
     the logger's cost (its share of the logged step's time) likewise."""
     rates = {name: np.array(values) for name, values in measured["steps_per_sec"].items()}
-    fastest_fit = np.maximum.reduce([values for name, values in rates.items() if name.startswith("keras fit")])
+    fastest = fastest_fit(rates)
     ratios = {f"{name} vs {NOTEBOOK}": spread(values / rates[NOTEBOOK]) for name, values in rates.items()
               if name != NOTEBOOK}
     xla = measured["convlearn_step"] == STEP_KINDS[True]
     other = other_loop(xla)
-    ratios["convlearn vs the fastest keras fit"] = spread(rates["convlearn"] / fastest_fit)
-    ratios[f"{LOGGED_PER_CALL} vs the fastest keras fit"] = spread(rates[LOGGED_PER_CALL] / fastest_fit)
-    ratios[f"{other} vs the fastest keras fit"] = spread(rates[other] / fastest_fit)
+    ratios["convlearn vs the fastest keras fit"] = spread(rates["convlearn"] / fastest)
+    ratios[f"{LOGGED_PER_CALL} vs the fastest keras fit"] = spread(rates[LOGGED_PER_CALL] / fastest)
+    ratios[f"{other} vs the fastest keras fit"] = spread(rates[other] / fastest)
     # The compiled steps alone: convlearn's bare step against the faster fit that compiles its kind of step.
     same_kind = rates[FIT_XLA] if xla else np.maximum(rates["keras fit"], rates[FIT_PER_EXECUTION])
     ratios["convlearn bare step vs the keras fit of its kind"] = spread(rates["convlearn bare step"] / same_kind)
@@ -750,7 +785,9 @@ def main(argv: Sequence[str] | None = None) -> int:
              "seeds, with the notebook loop); default all three, or rows with --rows",
     )
     parser.add_argument("--rounds", type=int, help=f"rounds of the loops in turns (default {IN_TURN_ROUNDS})")
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--out", type=Path, help="write the results as JSON here (and the turns drawn in <name>.turns.png beside it)"
+    )
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print its JSON
     args = parser.parse_args(argv)
     if args.row:
@@ -759,6 +796,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = benchmark(args)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
+        if "in_turn" in report:
+            picture = turns_png(args.out)
+            write_turns_png(report["in_turn"], picture)
+            print(f"in turns: drawn in {picture}", flush=True)
     return 0
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 
 import keras
+import matplotlib.image
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -164,6 +165,10 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     assert logging["rounds"] == 2 and logging["logged_steps_per_sec"] > 0 and logging["bare_steps_per_sec"] > 0
     assert logging["overhead"] == pytest.approx(1 - logging["logged_steps_per_sec"] / logging["bare_steps_per_sec"])
     in_turn = report["in_turn"]
+    # The turns drawn beside the JSON: every loop per round, and convlearn against the fastest fit.
+    picture = benchmark.turns_png(out)
+    assert picture == tmp_path / "bench.turns.png" and f"in turns: drawn in {picture}" in stdout
+    assert matplotlib.image.imread(picture).shape == (550, 1300, 4)
     # Keras refuses XLA while op determinism is on, which an earlier test in this process may have left on.
     assert isinstance(in_turn["keras_fit_xla"], bool)
     assert ("compiled 'keras fit XLA' without XLA" in stdout) is (not in_turn["keras_fit_xla"])
