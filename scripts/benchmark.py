@@ -19,8 +19,9 @@ on one image: a repeated dataset with ``steps_per_epoch``, with and without ``st
 Rows in separate processes drift by up to ~30% on a busy machine, so a full run also measures the
 loops in turns in one process (the notebook's cell, both fits, convlearn's bare and logged step):
 the ratios between them, each with its spread over the rounds, and the logger's cost come from
-there. Every preset (``experiment=fast``) also trains with seeds 0-4: its seconds to the
-notebook's quality per seed, and that as a fraction of the notebook loop's time.
+there. Every preset (``experiment=fast``, and on a machine that computes in bfloat16 also with
+``trainer.precision=bf16``) also trains with seeds 0-4: its seconds to the notebook's quality per
+seed, and that as a fraction of the notebook loop's time.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ STEP_KINDS = {True: "XLA", False: "graph"}  # a compiled step by whether XLA com
 SEEDS = 5  # seeds 0..4 of every preset, for its time to the notebook's quality
 PARTS = ("rows", "turns", "seeds")
 PRESETS = {"experiment=fast": ["experiment=fast"]}
+BF16 = " bf16"  # a row's name with this added: the same loop with trainer.precision=bf16
 NOTEBOOK = "notebook loop"  # the reference every other row is measured against
 ROW_FIELDS = ("name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook_quality", "peak_mem_mb")
 
@@ -557,7 +559,9 @@ def main_rows(
     those and the notebook loop they are measured against. The preset keeps its own number of
     steps, except in a quick run."""
     run = [*data, f"trainer.steps={steps}", "trainer.progress=false"]
-    fast = [*data, "experiment=fast", "trainer.progress=false", *([f"trainer.steps={steps}"] if quick else [])]
+    presets = [(name, {"kind": "trainer", "overrides": [*data, *preset, "trainer.progress=false",
+                                                         *([f"trainer.steps={steps}"] if quick else [])]})
+               for name, preset in PRESETS.items()]
     rows = [
         (NOTEBOOK, {"kind": "notebook", "overrides": run}),
         ("keras fit", {"kind": "keras_fit", "overrides": run}),
@@ -566,13 +570,11 @@ def main_rows(
         ("convlearn", {"kind": "trainer", "overrides": run}),
         ("convlearn bare step", {"kind": "bare", "overrides": run}),
         ("convlearn XLA", {"kind": "trainer", "overrides": [*run, "trainer.jit_compile=true"]}),
-        ("convlearn bf16", {"kind": "trainer", "overrides": [*run, "trainer.precision=bf16"]}),
-        *[(name, {"kind": "trainer", "overrides": [*data, *preset, "trainer.progress=false",
-                                                    *([f"trainer.steps={steps}"] if quick else [])]})
-          for name, preset in PRESETS.items()],
-        ("experiment=fast bf16", {"kind": "trainer", "overrides": [*fast, "trainer.precision=bf16"]}),
+        (f"convlearn{BF16}", {"kind": "trainer", "overrides": [*run, "trainer.precision=bf16"]}),
+        *presets,
+        *[(name + BF16, {**spec, "overrides": [*spec["overrides"], "trainer.precision=bf16"]}) for name, spec in presets],
     ]
-    rows = [(name, spec) for name, spec in rows if bf16 or "bf16" not in name]
+    rows = [(name, spec) for name, spec in rows if bf16 or not name.endswith(BF16)]
     if only:
         unknown = sorted(set(only) - {name for name, _ in rows})
         if unknown:
@@ -580,6 +582,11 @@ def main_rows(
             raise SystemExit(f"benchmark: no row {', '.join(map(repr, unknown))} here; the rows are: {known}")
         rows = [(name, spec) for name, spec in rows if name == NOTEBOOK or name in only]
     return rows
+
+
+def seeded(rows: Sequence[tuple[str, dict]]) -> list[str]:
+    """The rows whose seeds the seeds part times: every preset, and its bf16 twin where there is one."""
+    return [name for name, _ in rows if name.removesuffix(BF16) in PRESETS]
 
 
 def thread_settings(cores: int, quick: bool) -> list[list[int]]:
@@ -640,7 +647,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     wanted = set()
     if "rows" in parts:
         wanted |= {name for name, _ in main_rows(data, steps, info["bf16"], args.quick, args.rows)}
-    wanted |= {NOTEBOOK, *PRESETS} if "seeds" in parts else set()
+    wanted |= {NOTEBOOK, *seeded(every)} if "seeds" in parts else set()
     loops = [(name, spec) for name, spec in every if name in wanted]
     matmul = perf.matmul_gflops(256 if args.quick else 1024)
     report: dict = {
@@ -667,7 +674,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     if "seeds" in parts:
         report["presets"] = {
             name: preset_seeds(name, dict(loops)[name], rows, notebook, args.seeds, isolated, matmul)
-            for name in PRESETS
+            for name in seeded(loops)
         }
     if args.threads:
         report["threads"] = thread_sweep(data, steps, args.quick)

@@ -130,6 +130,10 @@ def test_the_rows_are_the_fit_baselines_convlearn_and_its_presets(benchmark):
     assert "convlearn XLA" in names and set(benchmark.PRESETS) <= set(names) and not any("bf16" in n for n in names)
     with_bf16 = [name for name, _ in benchmark.main_rows(benchmark.QUICK_DATA, 10, bf16=True, quick=True)]
     assert {"convlearn bf16", "experiment=fast bf16"} <= set(with_bf16)
+    # The seeds part times every preset, and in bf16 too where the CPU computes in it.
+    assert benchmark.seeded(benchmark.main_rows(benchmark.QUICK_DATA, 10, bf16=False, quick=True)) == ["experiment=fast"]
+    assert benchmark.seeded(benchmark.main_rows(benchmark.QUICK_DATA, 10, bf16=True, quick=True)) == [
+        "experiment=fast", "experiment=fast bf16"]
     only = benchmark.main_rows(benchmark.QUICK_DATA, 10, bf16=False, quick=True, only=["convlearn XLA"])
     assert [name for name, _ in only] == ["notebook loop", "convlearn XLA"]
     with pytest.raises(SystemExit, match="no row 'fastest' here; the rows are: notebook loop, keras fit, "):
@@ -152,7 +156,10 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
                                                         ["benchmark", " in turns", " round 2/2"]]
     report = json.loads(out.read_text())
     names = [row["name"] for row in report["rows"]]
-    assert names == ["notebook loop", "keras fit", "convlearn", *benchmark.PRESETS]  # the seeds part adds the presets
+    # The seeds part adds the presets, and their bf16 twins on a CPU with bfloat16 instructions.
+    presets = ["experiment=fast", *(["experiment=fast bf16"] if report["machine"]["bf16"] else [])]
+    assert names == ["notebook loop", "keras fit", "convlearn", *presets]
+    assert list(report["presets"]) == presets
     for row in report["rows"]:
         assert set(row) >= {"name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook_quality", "peak_mem_mb",
                             "flops_per_step", "gflops_per_sec", "final_rel_mse"}
