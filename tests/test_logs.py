@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from hydra import compose, initialize_config_dir
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
@@ -18,7 +21,7 @@ from convlearn.config import build
 from convlearn.data import make_batch
 from convlearn.geometry import conv
 from convlearn.logs import (
-    TensorBoardLogger, effective_kernels, hparams_from_config, landmark_kernels, landmarks, write_histogram,
+    TensorBoardLogger, _box5, effective_kernels, hparams_from_config, landmark_kernels, landmarks, write_histogram,
 )
 from convlearn.models import footprint, linear, sequential
 from convlearn.pipeline import run_experiment
@@ -212,6 +215,14 @@ def test_landmarks_are_a_flat_spot_an_edge_and_a_corner():
     assert sorted(to_side(v) <= 3 for v in edge) == [False, True]  # near one side, away from its corners
     assert all(to_side(v) <= 3 for v in corner)  # near two sides: a corner
     assert landmarks(square_picture(), conv((41, 41)), (0, 0)) == []  # no receptive field fits
+
+
+@given(arrays(np.float64, st.tuples(st.integers(1, 12), st.integers(1, 12)),
+              elements=st.floats(-1e6, 1e6, allow_nan=False)))
+def test_box5_is_the_mean_of_each_5x5_window_with_the_border_repeated(values):
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(values, 2, mode="edge"), (5, 5))
+    np.testing.assert_allclose(_box5(values), windows.mean(axis=(-2, -1)), rtol=1e-12, atol=1e-6)
+    assert np.all(_box5(np.zeros_like(values)) == 0)  # a flat spot stays exactly flat: its landmark is not noise
 
 
 def test_a_non_linear_model_has_a_kernel_per_landmark():
