@@ -54,6 +54,7 @@ from convlearn.data import Stream, make_batch, shapes  # noqa: E402
 from convlearn.logs import hparams_from_config  # noqa: E402
 from convlearn.optim import current_lr  # noqa: E402
 from convlearn.pipeline import build_experiment, train_experiment  # noqa: E402
+from convlearn.targets import footprint_of  # noqa: E402
 from convlearn.training import compiled_chunk, compiled_step, mse  # noqa: E402
 
 QUICK_DATA = ["debug=tiny"]  # configs/debug/tiny.yaml: the tests' tiny image
@@ -77,6 +78,7 @@ PER_CALL = f"convlearn bare step, steps_per_call={FIT_EXECUTION}"  # the in-turn
 LOGGED_PER_CALL = f"convlearn, steps_per_call={FIT_EXECUTION}"
 FIT_PER_EXECUTION = f"keras fit steps_per_execution={FIT_EXECUTION}"
 FIT_XLA = "keras fit XLA"  # the in-turn fit with jit_compile=True
+BF16_BARE = "convlearn bare step bf16"  # the in-turn bare step of the model in bfloat16, where the CPU has it
 STEP_KINDS = {True: "XLA", False: "graph"}  # a compiled step by whether XLA compiles it
 SEEDS = 5  # seeds 0..4 of every preset, for its time to the notebook's quality
 PARTS = ("rows", "turns", "seeds")
@@ -249,7 +251,7 @@ def run_row(spec: dict) -> dict:
     patches = spec["kind"] == "trainer" and isinstance(experiment.feed.train, Stream)
     clock = StepClock(evaluate=_whole_image_loss(experiment) if patches else None, label=spec["name"])
     if spec["kind"] == "in_turn":
-        return _in_turns(experiment, spec["rounds"], spec["chunk"])
+        return _in_turns(experiment, spec["rounds"], spec["chunk"], spec.get("bf16", False))
     if spec["kind"] in ("notebook", "keras_fit"):
         keras.utils.set_random_seed(trainer.seed)
         model = notebook_model()
@@ -314,7 +316,7 @@ def _bare_loop(
     return [float(v) for v in losses]
 
 
-def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
+def _in_turns(experiment: object, rounds: int, chunk: int, bf16: bool = False) -> dict:
     """Every loop's speed in one process, in turns: per round ``chunk`` steps of each loop, so
     that the machine's drift (rows in separate processes differ by up to ~30%) falls on all of
     them alike. The loops: the notebook's cell; Keras ``fit`` on a repeated dataset, one call of
@@ -324,8 +326,10 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
     bare with ``FIT_EXECUTION`` steps per compiled call (``trainer.steps_per_call``: one host sync
     per call), followed by the logger's ``on_step`` as the trainer calls it (pictures at the
     logger's own ``image_every``), and with both; and the other compiled step (XLA or the graph)
-    with the logger. The notebook's cell and the fits have their own models, traced before the
-    clock runs. Returns each loop's steps/s per round and which step the trainer's is."""
+    with the logger; with ``bf16``, the bare step of a twin of the model built under
+    ``trainer.precision=bf16`` (its own compiled step, as ``trainer.jit_compile`` picks it). The
+    notebook's cell and the fits have their own models, traced before the clock runs. Returns each
+    loop's steps/s per round and which step the trainer's is."""
     cfg, train = experiment.cfg, experiment.feed.train
     model, optimizer = experiment.model, experiment.optimizer
     xla = experiment.trainer.uses_xla(model, optimizer, train)
@@ -335,6 +339,7 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
     other_step = compiled_step(model, optimizer, train.crops, jit_compile=not xla)
     chunk_fn = compiled_chunk(step_fn, optimizer, FIT_EXECUTION, same_batch=True, stop_on_nonfinite=True,
                               jit_compile=xla)
+    twin_step = _bf16_step(experiment) if bf16 else None
     make_logger = build(cfg, "logger")
     with tempfile.TemporaryDirectory() as log_dir, make_logger(
         log_dir=Path(log_dir), batch=experiment.feed.preview, config_text=OmegaConf.to_yaml(cfg),
@@ -398,6 +403,7 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
             # accelerator.
             FIT_XLA: fit(1, jit_compile=True),
             other_loop(xla): lambda steps: convlearn(steps, log=other_loop(xla), step=other_step),
+            **({BF16_BARE: lambda steps: convlearn(steps, log=None, step=twin_step)} if twin_step else {}),
         }
         logger.pictures(0, model)
         for run in loops.values():
@@ -412,6 +418,21 @@ def _in_turns(experiment: object, rounds: int, chunk: int) -> dict:
                      f"{fastest_fit(rates)[-1]:.2f}, the notebook loop {rates[NOTEBOOK][-1]:.2f} steps/s")
     return {"rounds": rounds, "steps_per_round": chunk, "convlearn_step": STEP_KINDS[xla],
             "keras_fit_xla": fit_xla[True], "steps_per_sec": rates}
+
+
+def _bf16_step(experiment: object) -> Callable:
+    """The compiled step of a twin of ``experiment``'s model and optimizer built as
+    ``trainer.precision=bf16`` builds them (bfloat16 layers, the last in float32), for the turns."""
+    cfg, images, train = experiment.cfg, experiment.images, experiment.feed.train
+    policy = keras.config.dtype_policy()
+    perf.set_precision("bf16")
+    try:
+        model = build(cfg, "model", target=footprint_of(experiment.target), **images.model_kwargs())
+        perf.float32_output(model)
+    finally:
+        keras.config.set_dtype_policy(policy)  # the other loops' models stay float32
+    optimizer = build(cfg, "optimizer")
+    return compiled_step(model, optimizer, train.crops, jit_compile=experiment.trainer.uses_xla(model, optimizer, train))
 
 
 def other_loop(xla: bool) -> str:
@@ -476,6 +497,8 @@ def in_turn_ratios(measured: dict) -> dict:
     ratios["convlearn bare step vs the keras fit of its kind"] = spread(rates["convlearn bare step"] / same_kind)
     ratios[f"{PER_CALL} vs one step per call"] = spread(rates[PER_CALL] / rates["convlearn bare step"])
     ratios[f"{LOGGED_PER_CALL} vs one step per call"] = spread(rates[LOGGED_PER_CALL] / rates["convlearn"])
+    if BF16_BARE in rates:
+        ratios[f"{BF16_BARE} vs float32"] = spread(rates[BF16_BARE] / rates["convlearn bare step"])
     bare, logged = rates["convlearn bare step"], rates["convlearn"]
     logging = {"rounds": measured["rounds"], "steps_per_round": measured["steps_per_round"],
                "bare_steps_per_sec": float(np.mean(bare)), "logged_steps_per_sec": float(np.mean(logged)),
@@ -659,7 +682,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     if "turns" in parts:
         # First: in one process (--quick) the trainer's rows turn TensorFlow's op determinism on for
         # good, and under it Keras quietly runs the turns' XLA fit without XLA.
-        report["in_turn"] = in_turns(data, args.quick, isolated, args.rounds)
+        report["in_turn"] = in_turns(data, args.quick, isolated, args.rounds, info["bf16"])
         report["logging"] = report["in_turn"].pop("logging")
     rows, notebook = [], None
     for name, spec in loops:
@@ -696,13 +719,13 @@ def thread_sweep(data: list[str], steps: int, quick: bool) -> dict:
     return {"results": sweep, "best": best["threads"]}
 
 
-def in_turns(data: list[str], quick: bool, isolated: bool, rounds: int | None = None) -> dict:
+def in_turns(data: list[str], quick: bool, isolated: bool, rounds: int | None = None, bf16: bool = False) -> dict:
     """The loops' speeds measured in turns in one process (see :func:`_in_turns`), and their ratios."""
     default_rounds, chunk = (2, QUICK_STEPS // 2) if quick else (IN_TURN_ROUNDS, IN_TURN_CHUNK)
     rounds = rounds or default_rounds
     # Without TensorFlow's op determinism (the trainer's default): while it is on, Keras quietly runs
     # fit asked for jit_compile=True without XLA. The turns measure speed, not reproducibility.
-    spec = {"name": "in turns", "kind": "in_turn", "rounds": rounds, "chunk": chunk,
+    spec = {"name": "in turns", "kind": "in_turn", "rounds": rounds, "chunk": chunk, "bf16": bf16,
             "overrides": [*data, "trainer.progress=false", "trainer.deterministic=false"]}
     measured = in_turn_ratios(run_isolated(spec, isolated))
     print(f"in turns: convlearn trains with the {measured['convlearn_step']} step here", flush=True)

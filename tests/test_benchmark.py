@@ -141,10 +141,12 @@ def test_the_rows_are_the_fit_baselines_convlearn_and_its_presets(benchmark):
 
 
 @pytest.mark.slow
-def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
+def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys, monkeypatch, keep_policy):
     # --quick runs its rows in this process anyway, so main() here checks the same as a
     # `python scripts/benchmark.py --quick` would, without paying another TensorFlow import. Two rows
     # next to the notebook loop (every kind of loop runs in the turns), the turns and two seeds.
+    # On any CPU as on one with bfloat16 instructions: the bf16 loop and preset run too (emulated here).
+    monkeypatch.setattr(perf, "cpu_flags", lambda: {"avx512_bf16"})
     out = tmp_path / "bench.json"
     argv = ["--quick", "--rows", "keras fit,convlearn", "--parts", "rows,turns,seeds", "--seeds", "2"]
     assert benchmark.main([*argv, "--out", str(out)]) == 0
@@ -157,9 +159,9 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     report = json.loads(out.read_text())
     names = [row["name"] for row in report["rows"]]
     # The seeds part adds the presets, and their bf16 twins on a CPU with bfloat16 instructions.
-    presets = ["experiment=fast", *(["experiment=fast bf16"] if report["machine"]["bf16"] else [])]
-    assert names == ["notebook loop", "keras fit", "convlearn", *presets]
-    assert list(report["presets"]) == presets
+    assert report["machine"]["bf16"] and report["machine"]["matmul_gflops_bf16"] > 0
+    assert names == ["notebook loop", "keras fit", "convlearn", "experiment=fast", "experiment=fast bf16"]
+    assert list(report["presets"]) == ["experiment=fast", "experiment=fast bf16"]
     for row in report["rows"]:
         assert set(row) >= {"name", "steps_per_sec", "ratio_vs_notebook", "seconds_to_notebook_quality", "peak_mem_mb",
                             "flops_per_step", "gflops_per_sec", "final_rel_mse"}
@@ -182,7 +184,8 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     assert in_turn["convlearn_step"] == "graph"  # debug=tiny pins trainer.jit_compile=false: XLA is the other step
     assert set(in_turn["steps_per_sec"]) == {"notebook loop", "keras fit", "keras fit steps_per_execution=10",
                                              "convlearn bare step", "convlearn bare step, steps_per_call=10", "convlearn",
-                                             "convlearn, steps_per_call=10", "keras fit XLA", "convlearn, XLA step"}
+                                             "convlearn, steps_per_call=10", "keras fit XLA", "convlearn, XLA step",
+                                             "convlearn bare step bf16"}
     for ratio in in_turn["ratios"].values():
         assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
     for name, rates in in_turn["steps_per_sec_per_round"].items():  # the raw rates behind every spread
@@ -190,6 +193,7 @@ def test_quick_benchmark_writes_every_field(benchmark, tmp_path, capsys):
     assert {"convlearn vs the fastest keras fit", "convlearn bare step, steps_per_call=10 vs one step per call",
             "convlearn, steps_per_call=10 vs one step per call", "convlearn, XLA step vs the fastest keras fit",
             "convlearn bare step vs the keras fit of its kind", "convlearn, steps_per_call=10 vs the fastest keras fit",
+            "convlearn bare step bf16 vs float32",
             } <= set(in_turn["ratios"])
     assert [row["jit_compile"] for row in report["rows"] if row["name"] == "convlearn"] == [False]
     fast = report["presets"]["experiment=fast"]
