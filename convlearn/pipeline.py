@@ -73,10 +73,9 @@ def build_experiment(cfg: DictConfig, run_dir: Path | None = None) -> Experiment
     images = as_images(build(cfg, "data"))
     target = None if images.given_targets else build(cfg, "target")
     with trainer.scope():  # variables of a distributed model and its optimizer live on every device
-        model = build(cfg, "model", target=footprint_of(target), **images.model_kwargs())
+        model = build_model(cfg, target, images)
         optimizer = build(cfg, "optimizer")
     set_remapping(model)
-    float32_output(model)
     feed = make_feed(images, target, model, seed=trainer.seed)
     target_stats(feed.preview.targets.numpy())  # a constant target is refused now, not after training
     log.info(
@@ -85,6 +84,14 @@ def build_experiment(cfg: DictConfig, run_dir: Path | None = None) -> Experiment
         *images.train[0].shape[:2], *feed.train.crops.shape, model.count_params(),
     )
     return Experiment(cfg, trainer, images, target, model, optimizer, feed)
+
+
+def build_model(cfg: DictConfig, target: Pipeline | None, images: Images) -> keras.Model:
+    """The model group's model for ``target`` (None: the data bring their targets) and ``images``,
+    its last layer in float32 under a reduced-precision dtype policy (:func:`float32_output`)."""
+    model = build(cfg, "model", target=footprint_of(target), **images.model_kwargs())
+    float32_output(model)
+    return model
 
 
 def train_experiment(

@@ -53,8 +53,7 @@ from convlearn.config import build  # noqa: E402
 from convlearn.data import Stream, make_batch, shapes  # noqa: E402
 from convlearn.logs import hparams_from_config  # noqa: E402
 from convlearn.optim import current_lr  # noqa: E402
-from convlearn.pipeline import build_experiment, train_experiment  # noqa: E402
-from convlearn.targets import footprint_of  # noqa: E402
+from convlearn.pipeline import build_experiment, build_model, train_experiment  # noqa: E402
 from convlearn.training import compiled_chunk, compiled_step, mse  # noqa: E402
 
 QUICK_DATA = ["debug=tiny"]  # configs/debug/tiny.yaml: the tests' tiny image
@@ -424,15 +423,13 @@ def _in_turns(experiment: object, rounds: int, chunk: int, bf16: bool = False) -
 def _bf16_step(experiment: object) -> Callable:
     """The compiled step of a twin of ``experiment``'s model and optimizer built as
     ``trainer.precision=bf16`` builds them (bfloat16 layers, the last in float32), for the turns."""
-    cfg, images, train = experiment.cfg, experiment.images, experiment.feed.train
     policy = keras.config.dtype_policy()
     perf.set_precision("bf16")
     try:
-        model = build(cfg, "model", target=footprint_of(experiment.target), **images.model_kwargs())
-        perf.float32_output(model)
+        model = build_model(experiment.cfg, experiment.target, experiment.images)
     finally:
         keras.config.set_dtype_policy(policy)  # the other loops' models stay float32
-    optimizer = build(cfg, "optimizer")
+    optimizer, train = build(experiment.cfg, "optimizer"), experiment.feed.train
     return compiled_step(model, optimizer, train.crops, jit_compile=experiment.trainer.uses_xla(model, optimizer, train))
 
 
