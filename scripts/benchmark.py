@@ -477,7 +477,7 @@ def write_turns_png(in_turn: dict, path: Path) -> None:
     against.plot(rounds, rates["convlearn"] / rates[in_turn["fastest_fit"]], marker="o", linewidth=2.5, color=colour)
     against.axhline(1.0, color="gray", linestyle="--", label="parity")
     against.axhline(ratio["median"], color=colour, linestyle=":", label=f"median {ratio['median']:.3f}x")
-    against.set(title=f"convlearn with logging / the fastest keras fit ({in_turn['fastest_fit']})", xlabel="round",
+    against.set(title=f"convlearn with logging / the fastest keras fit\n({in_turn['fastest_fit']})", xlabel="round",
                 ylabel="ratio", xticks=rounds)
     against.legend(fontsize="small")
     figure.savefig(path, dpi=100)
