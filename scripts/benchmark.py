@@ -316,9 +316,9 @@ def _bare_loop(
 
 
 def _in_turns(experiment: object, rounds: int, chunk: int, bf16: bool = False) -> dict:
-    """Every loop's speed in one process, in turns: per round ``chunk`` steps of each loop, so
-    that the machine's drift (rows in separate processes differ by up to ~30%) falls on all of
-    them alike. The loops: the notebook's cell; Keras ``fit`` on a repeated dataset, one call of
+    """Every loop's speed in one process, in turns: per round ``chunk`` steps of each loop (in the
+    :func:`turn_order` of that round), so that the machine's drift (rows in separate processes
+    differ by up to ~30%) falls on all of them alike. The loops: the notebook's cell; Keras ``fit`` on a repeated dataset, one call of
     ``chunk`` steps per round (timed to its last step), with one step per execution and with
     ``FIT_EXECUTION``, and compiled with XLA (``jit_compile=True``); the trainer's compiled step
     (the one it trains with: ``trainer.jit_compile``, for ``auto`` its pick on this machine) bare,
@@ -409,7 +409,8 @@ def _in_turns(experiment: object, rounds: int, chunk: int, bf16: bool = False) -
             run(FIT_EXECUTION)  # traced and compiled outside the clock
         rates: dict[str, list[float]] = {name: [] for name in loops}
         for done in range(1, rounds + 1):
-            for name, run in loops.items():
+            for name in turn_order(list(loops), done - 1):
+                run = loops[name]
                 start = time.perf_counter()
                 finished = run(chunk)  # a fit's round ends at its last step (see _LastStep)
                 rates[name].append(chunk / ((finished or time.perf_counter()) - start))
@@ -418,6 +419,15 @@ def _in_turns(experiment: object, rounds: int, chunk: int, bf16: bool = False) -
                      f"so far ({fastest}) {rates[fastest][-1]:.2f}, the notebook loop {rates[NOTEBOOK][-1]:.2f} steps/s")
     return {"rounds": rounds, "steps_per_round": chunk, "convlearn_step": STEP_KINDS[xla],
             "keras_fit_xla": fit_xla[True], "steps_per_sec": rates}
+
+
+def turn_order(names: Sequence[str], round_index: int) -> list[str]:
+    """The order the loops run in round ``round_index`` (from 0): ``names`` rotated by one place per
+    round, so that over as many rounds as loops each loop runs once in every position. In a fixed
+    order a loop would always follow the same one (the fits the notebook's eager loop, say) and
+    share whatever that one leaves behind in the caches and the allocator."""
+    shift = round_index % len(names)
+    return [*names[shift:], *names[:shift]]
 
 
 def _bf16_step(experiment: object) -> Callable:

@@ -140,6 +140,15 @@ def test_the_rows_are_the_fit_baselines_convlearn_and_its_presets(benchmark):
         benchmark.main_rows(benchmark.QUICK_DATA, 10, bf16=False, quick=True, only=["experiment=fast", "fastest"])
 
 
+def test_every_loop_takes_every_place_in_the_turns(benchmark):
+    names = ["notebook loop", "keras fit", "convlearn", "convlearn bare step"]
+    orders = [benchmark.turn_order(names, r) for r in range(8)]
+    assert orders[0] == names and all(sorted(order) == sorted(names) for order in orders)
+    for name in names:  # over as many rounds as loops, once in each place; then again
+        assert sorted(order.index(name) for order in orders[:4]) == [0, 1, 2, 3]
+        assert [order.index(name) for order in orders[4:]] == [order.index(name) for order in orders[:4]]
+
+
 def test_convlearn_is_held_against_one_fit_loop_not_the_best_fit_of_each_round(benchmark):
     # Two fits that take turns being ahead: the best of them in each round would be 10 in three
     # rounds of four, above what either fit runs; convlearn (9.5 throughout) is held against one fit loop.
