@@ -20,14 +20,14 @@ driver the same lines mean a broken CUDA setup (its GPU would go unused), so the
 
 Without oneDNN (which TensorFlow turns on by default only on CPUs with AVX-512 VNNI or AMX, and
 which then pools CPU memory with its own allocator), TensorFlow's CPU allocator is a plain
-``malloc`` per tensor. A full-frame step of the
-notebook's model allocates and frees several 48 MB activations (the 100-filter 1x1 block on a
-300x400 image); glibc serves blocks that large with a fresh ``mmap`` every time and the kernel
-zero-fills each of their pages again at first touch. TensorFlow's own BFC allocator keeps freed
-memory in a pool and hands it out again: on a 2-core AMD EPYC with AVX2 the notebook's full-frame step ran
-1.2-1.4x as fast with it (graph and XLA alike, the same losses bit for bit, no higher peak
-memory). TensorFlow reads ``TF_CPU_ALLOCATOR_USE_BFC`` once, when it makes the allocator, so
-:func:`pool_cpu_memory` sets it (unless the user chose) before TensorFlow loads.
+``malloc`` per tensor. A full-frame step of the notebook's model allocates and frees several 48 MB
+activations (the 100-filter 1x1 block on a 300x400 image); glibc serves blocks that large with a
+fresh ``mmap`` every time and the kernel zero-fills each of their pages again at first touch.
+TensorFlow's own BFC allocator keeps freed memory in a pool and hands it out again: on a 2-core AMD
+EPYC with AVX2 the notebook's full-frame step ran 1.2-1.4x as fast with it (graph and XLA alike,
+the same losses bit for bit, no higher peak memory). TensorFlow reads ``TF_CPU_ALLOCATOR_USE_BFC``
+once, when it makes the allocator, so :func:`pool_cpu_memory` sets it (unless the user chose)
+before TensorFlow loads.
 """
 
 from __future__ import annotations

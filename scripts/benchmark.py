@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,9 +319,10 @@ def _bare_loop(
 def _in_turns(experiment: object, rounds: int, chunk: int, bf16: bool = False) -> dict:
     """Every loop's speed in one process, in turns: per round ``chunk`` steps of each loop (in the
     :func:`turn_order` of that round), so that the machine's drift (rows in separate processes
-    differ by up to ~30%) falls on all of them alike. The loops: the notebook's cell; Keras ``fit`` on a repeated dataset, one call of
-    ``chunk`` steps per round (timed to its last step), with one step per execution and with
-    ``FIT_EXECUTION``, and compiled with XLA (``jit_compile=True``); the trainer's compiled step
+    differ by up to ~30%) falls on all of them alike. The loops: the notebook's cell; Keras ``fit``
+    on a repeated dataset, one call of ``chunk`` steps per round (timed to its last step), with one
+    step per execution and with ``FIT_EXECUTION``, and compiled with XLA (``jit_compile=True``); the
+    trainer's compiled step
     (the one it trains with: ``trainer.jit_compile``, for ``auto`` its pick on this machine) bare,
     bare with ``FIT_EXECUTION`` steps per compiled call (``trainer.steps_per_call``: one host sync
     per call), followed by the logger's ``on_step`` as the trainer calls it (pictures at the
@@ -416,7 +418,8 @@ def _in_turns(experiment: object, rounds: int, chunk: int, bf16: bool = False) -
                 rates[name].append(chunk / ((finished or time.perf_counter()) - start))
             fastest = fastest_fit(rates)
             progress(f"in turns: round {done}/{rounds}: convlearn {rates['convlearn'][-1]:.2f}, the fastest keras fit "
-                     f"so far ({fastest}) {rates[fastest][-1]:.2f}, the notebook loop {rates[NOTEBOOK][-1]:.2f} steps/s")
+                     f"so far ({fastest}) {rates[fastest][-1]:.2f}, the notebook loop {rates[NOTEBOOK][-1]:.2f} "
+                     "steps/s")
     return {"rounds": rounds, "steps_per_round": chunk, "convlearn_step": STEP_KINDS[xla],
             "keras_fit_xla": fit_xla[True], "steps_per_sec": rates}
 
@@ -433,12 +436,9 @@ def turn_order(names: Sequence[str], round_index: int) -> list[str]:
 def _bf16_step(experiment: object) -> Callable:
     """The compiled step of a twin of ``experiment``'s model and optimizer built as
     ``trainer.precision=bf16`` builds them (bfloat16 layers, the last in float32), for the turns."""
-    policy = keras.config.dtype_policy()
-    perf.set_precision("bf16")
-    try:
+    with dtype_policy_kept():  # the other loops' models stay float32
+        perf.set_precision("bf16")
         model = build_model(experiment.cfg, experiment.target, experiment.images)
-    finally:
-        keras.config.set_dtype_policy(policy)  # the other loops' models stay float32
     optimizer, train = build(experiment.cfg, "optimizer"), experiment.feed.train
     return compiled_step(model, optimizer, train.crops, jit_compile=experiment.trainer.uses_xla(model, optimizer, train))
 
@@ -522,15 +522,21 @@ def in_turn_ratios(measured: dict) -> dict:
             "fastest_fit": fastest_name, "logging": logging}
 
 
+@contextlib.contextmanager
+def dtype_policy_kept() -> Iterator[None]:
+    """Keras' global dtype policy as it was before, whatever the block sets (bf16 sets it process-wide)."""
+    policy = keras.config.dtype_policy()
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
 def run_isolated(spec: dict, isolated: bool) -> dict:
     """``run_row`` in a fresh Python process (its own memory and thread pools), or here."""
     if not isolated:
-        # A bf16 row must not leave its dtype policy to the rows after it in this process.
-        policy = keras.config.dtype_policy()
-        try:
+        with dtype_policy_kept():  # a bf16 row must not leave its policy to the rows after it here
             return run_row(spec)
-        finally:
-            keras.config.set_dtype_policy(policy)
     returncode, stdout, stderr = run_child([sys.executable, __file__, "--row", json.dumps(spec)])
     if returncode != 0:
         raise SystemExit(f"benchmark: row {spec['name']!r} failed:\n{stderr[-3000:]}")
