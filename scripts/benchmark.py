@@ -440,7 +440,8 @@ def _bf16_step(experiment: object) -> Callable:
         perf.set_precision("bf16")
         model = build_model(experiment.cfg, experiment.target, experiment.images)
     optimizer, train = build(experiment.cfg, "optimizer"), experiment.feed.train
-    return compiled_step(model, optimizer, train.crops, jit_compile=experiment.trainer.uses_xla(model, optimizer, train))
+    xla = experiment.trainer.uses_xla(model, optimizer, train)
+    return compiled_step(model, optimizer, train.crops, jit_compile=xla)
 
 
 def other_loop(xla: bool) -> str:
