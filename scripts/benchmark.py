@@ -603,6 +603,7 @@ def main_rows(
     those and the notebook loop they are measured against. The preset keeps its own number of
     steps, except in a quick run."""
     run = [*data, f"trainer.steps={steps}", "trainer.progress=false"]
+    trainer = {"kind": "trainer", "overrides": run}
     presets = [(name, {"kind": "trainer", "overrides": [*data, *preset, "trainer.progress=false",
                                                          *([f"trainer.steps={steps}"] if quick else [])]})
                for name, preset in PRESETS.items()]
@@ -611,12 +612,12 @@ def main_rows(
         ("keras fit", {"kind": "keras_fit", "overrides": run}),
         (FIT_PER_EXECUTION,
          {"kind": "keras_fit", "steps_per_execution": FIT_EXECUTION, "overrides": run}),
-        ("convlearn", {"kind": "trainer", "overrides": run}),
+        ("convlearn", trainer),
         ("convlearn bare step", {"kind": "bare", "overrides": run}),
         ("convlearn XLA", {"kind": "trainer", "overrides": [*run, "trainer.jit_compile=true"]}),
-        (f"convlearn{BF16}", {"kind": "trainer", "overrides": [*run, "trainer.precision=bf16"]}),
+        (f"convlearn{BF16}", bf16_twin(trainer)),
         *presets,
-        *[(name + BF16, {**spec, "overrides": [*spec["overrides"], "trainer.precision=bf16"]}) for name, spec in presets],
+        *[(name + BF16, bf16_twin(spec)) for name, spec in presets],
     ]
     rows = [(name, spec) for name, spec in rows if bf16 or not name.endswith(BF16)]
     if only:
@@ -626,6 +627,11 @@ def main_rows(
             raise SystemExit(f"benchmark: no row {', '.join(map(repr, unknown))} here; the rows are: {known}")
         rows = [(name, spec) for name, spec in rows if name == NOTEBOOK or name in only]
     return rows
+
+
+def bf16_twin(spec: dict) -> dict:
+    """A row's spec trained with ``trainer.precision=bf16``."""
+    return {**spec, "overrides": [*spec["overrides"], "trainer.precision=bf16"]}
 
 
 def seeded(rows: Sequence[tuple[str, dict]]) -> list[str]:
